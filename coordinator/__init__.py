@@ -1,0 +1,33 @@
+"""Startup registration of SGLang prefill workers, as an explicit, observable state machine.
+
+The public API is what this module names; everything else is private to the package.
+"""
+
+from coordinator.address import bootstrap_url
+from coordinator.bootstrap_server import BootstrapServer
+from coordinator.clock import Clock, FakeClock, SystemClock
+from coordinator.outcome import Cause, Failure, Outcome
+from coordinator.payload import PayloadError, validate_payload
+from coordinator.policy import Backoff, Lane, Reason, RetryPolicy
+from coordinator.registration import Registration, RegistrationFailed
+from coordinator.snapshot import Snapshot
+
+__all__ = [
+    "Backoff",
+    "BootstrapServer",
+    "Cause",
+    "Clock",
+    "FakeClock",
+    "Failure",
+    "Lane",
+    "Outcome",
+    "PayloadError",
+    "Reason",
+    "Registration",
+    "RegistrationFailed",
+    "RetryPolicy",
+    "Snapshot",
+    "SystemClock",
+    "bootstrap_url",
+    "validate_payload",
+]

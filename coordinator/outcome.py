@@ -1,0 +1,54 @@
+"""What one registration attempt produced, as plain data (no exceptions, no sockets)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Failure(str, Enum):
+    """Why an attempt got no HTTP status."""
+
+    REFUSED = "refused"  # nothing listens yet
+    DNS = "dns"
+    TIMEOUT = "timeout"
+    RESET = "reset"  # connection dropped, closed without answer, broken response
+    CONNECTION = "connection"  # any other network error (unreachable, TLS, ...)
+    CANCELLED = "cancelled"  # stop() cut the attempt short
+    INTERNAL = "internal"  # an unexpected exception in the transport: a bug, not the network
+
+
+@dataclass(frozen=True)
+class Cause:
+    """The innermost exception of a failure: its type name and message."""
+
+    type: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int | None = None
+    body: str = ""  # a capped excerpt, for messages
+    retry_after: str | None = None
+    date: str | None = None  # the response's Date header: the reference for an HTTP-date Retry-After
+    failure: Failure | None = None
+    cause: Cause | None = None
+
+    @classmethod
+    def of_status(cls, status: int, body: str = "", **headers: str | None) -> Outcome:
+        return cls(status=status, body=body, **headers)
+
+    @classmethod
+    def of_failure(cls, failure: Failure, cause: Cause) -> Outcome:
+        return cls(failure=failure, cause=cause)
+
+    def describe(self) -> str:
+        """One line for logs and errors: the status and a body excerpt, or the root cause."""
+        if self.status is not None:
+            excerpt = " ".join(self.body.split())[:200]
+            return f"HTTP {self.status}" + (f": {excerpt}" if excerpt else "")
+        return str(self.cause) if self.cause else str(self.failure)

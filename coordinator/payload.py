@@ -1,0 +1,117 @@
+"""The body of ``PUT /route``: what SGLang's bootstrap server needs from one prefill rank.
+
+Validation is shared by the client (before any network call) and by
+:class:`coordinator.BootstrapServer` (which answers 400 naming the field,
+where upstream answers 500).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+_SIZE_RANK_PAIRS = (
+    ("attn_tp_size", "attn_tp_rank"),
+    ("attn_cp_size", "attn_cp_rank"),
+    ("attn_dp_size", "attn_dp_rank"),
+    ("pp_size", "pp_rank"),
+    ("system_dp_size", "system_dp_rank"),
+)
+
+REQUIRED_FIELDS: tuple[str, ...] = (
+    *(name for pair in _SIZE_RANK_PAIRS for name in pair),
+    "rank_ip",
+    "rank_port",
+    "page_size",
+    "kv_cache_dtype",
+)
+
+OPTIONAL_FIELDS: tuple[str, ...] = (
+    "prefill_http_port",
+    "dsv41_spec_layout",
+    "load_balance_method",
+    "enable_dsa_cache_layer_split",
+)
+
+
+class PayloadError(ValueError):
+    """A payload SGLang's bootstrap server would not accept; ``field`` names the culprit."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"payload field {field!r}: {problem}")
+        self.field = field
+
+
+def _int(payload: Mapping[str, Any], field: str, *, low: int, high: int | None = None) -> int:
+    value = payload[field]
+    # bool is an int subclass; True as a rank is a bug, not a 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(field, f"must be an integer, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise PayloadError(field, f"must be {bound}, got {value}")
+    return value
+
+
+def _str(payload: Mapping[str, Any], field: str) -> str:
+    value = payload[field]
+    if not isinstance(value, str) or not value:
+        raise PayloadError(field, "must be a non-empty string")
+    return value
+
+
+def validate_payload(payload: Any) -> dict[str, Any]:
+    """Check a registration payload; return a plain-dict copy or raise PayloadError.
+
+    Unknown keys are kept: newer SGLang versions add fields this library need not know.
+    """
+    if not isinstance(payload, Mapping):
+        raise PayloadError("payload", f"must be a JSON object, got {type(payload).__name__}")
+    for field in REQUIRED_FIELDS:
+        if field not in payload:
+            raise PayloadError(field, "is required by SGLang's bootstrap server")
+    for size_field, rank_field in _SIZE_RANK_PAIRS:
+        size = _int(payload, size_field, low=1)
+        _int(payload, rank_field, low=0, high=size - 1)
+    _str(payload, "rank_ip")
+    _int(payload, "rank_port", low=1, high=65535)
+    _int(payload, "page_size", low=1)
+    _str(payload, "kv_cache_dtype")
+    if payload.get("prefill_http_port") is not None:
+        _int(payload, "prefill_http_port", low=1, high=65535)
+    if "load_balance_method" in payload:
+        _str(payload, "load_balance_method")
+    split = payload.get("enable_dsa_cache_layer_split", False)
+    if not isinstance(split, bool):
+        raise PayloadError("enable_dsa_cache_layer_split", "must be a boolean")
+    return dict(payload)
+
+
+def encode_payload(payload: Mapping[str, Any]) -> bytes:
+    """Serialise once, up front, so a value JSON cannot carry fails before any network call."""
+    for field, value in payload.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"payload field {field!r} is not JSON-serialisable: {exc}") from None
+    return json.dumps(dict(payload), allow_nan=False, separators=(",", ":")).encode()
+
+
+def example_payload(rank: int = 0, tp_size: int = 1, *, rank_port: int = 17000) -> dict[str, Any]:
+    """A valid payload for tensor-parallel rank ``rank`` of a single-DP, single-PP group."""
+    return {
+        "attn_tp_size": tp_size,
+        "attn_tp_rank": rank,
+        "attn_cp_size": 1,
+        "attn_cp_rank": 0,
+        "attn_dp_size": 1,
+        "attn_dp_rank": 0,
+        "pp_size": 1,
+        "pp_rank": 0,
+        "system_dp_size": 1,
+        "system_dp_rank": 0,
+        "rank_ip": "127.0.0.1",
+        "rank_port": rank_port + rank,
+        "page_size": 1,
+        "kv_cache_dtype": "auto",
+    }

@@ -1,0 +1,233 @@
+"""RetryPolicy: what to do after one attempt, and how long to wait. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from typing import Mapping
+
+from coordinator.outcome import Failure, Outcome
+from states import Verdict
+
+
+class Lane(str, Enum):
+    """Two kinds of trouble, two paces of retrying."""
+
+    REFUSED = "refused"  # nothing listens yet: a probe costs the server nothing
+    TROUBLE = "trouble"  # the server (or the path to it) is struggling: back off hard
+
+
+class Reason(str, Enum):
+    REGISTERED = "registered"
+    RETRY = "retry"
+    PERMANENT = "permanent"  # an answer that retrying cannot change (4xx, 3xx)
+    EXHAUSTED = "exhausted"  # max_attempts used up
+    DEADLINE = "deadline"  # no time left for another attempt
+    CANCELLED = "cancelled"
+
+
+_RETRYABLE_STATUS = frozenset({408, 429})
+_REFUSED_FAILURES = frozenset({Failure.REFUSED})
+_TROUBLE_FAILURES = frozenset(
+    {Failure.DNS, Failure.TIMEOUT, Failure.RESET, Failure.CONNECTION}
+)
+# The last attempt before a deadline gets at least this long (or the whole attempt
+# timeout, if shorter); with less left, giving up now beats a doomed attempt.
+_LAST_ATTEMPT_MIN_S = 1.0
+_MIN_SLEEP_S = 1e-3
+
+
+def _finite(owner: str, name: str, value: object, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{owner}.{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{owner}.{name} must be finite and {bound}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """An exponential envelope: ``initial_s * multiplier**(n-1)``, capped at ``cap_s``."""
+
+    initial_s: float
+    cap_s: float
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        _finite("Backoff", "initial_s", self.initial_s, positive=True)
+        _finite("Backoff", "cap_s", self.cap_s, positive=True)
+        _finite("Backoff", "multiplier", self.multiplier, positive=True)
+        if self.cap_s < self.initial_s:
+            raise ValueError(
+                f"Backoff.cap_s ({self.cap_s}) must be >= initial_s ({self.initial_s})"
+            )
+        if self.multiplier < 1:
+            raise ValueError(f"Backoff.multiplier must be >= 1, got {self.multiplier}")
+
+    def envelope(self, n: int) -> float:
+        """The undisturbed delay before retry ``n`` (1-based) in this lane."""
+        if self.multiplier == 1 or n <= 1:
+            return self.initial_s
+        # Past the exponent that reaches the cap, stop multiplying: a day-long
+        # outage must not overflow the float.
+        to_cap = math.ceil(math.log(self.cap_s / self.initial_s, self.multiplier))
+        return min(self.cap_s, self.initial_s * self.multiplier ** min(n - 1, to_cap))
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: Reason
+    lane: Lane | None = None
+    delay_s: float | None = None
+
+
+def retry_after_seconds(outcome: Outcome) -> float | None:
+    """``Retry-After`` as seconds, or None when absent or garbage.
+
+    An HTTP-date is measured against the response's own ``Date`` header, so
+    neither a wall clock nor clock skew between hosts enters the delay.
+    """
+    value = (outcome.retry_after or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    if not outcome.date:
+        return None
+    try:
+        delta = parsedate_to_datetime(value) - parsedate_to_datetime(outcome.date)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return max(0.0, delta.total_seconds())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a registration retries. Frozen and validated: a bad value raises naming the field.
+
+    Delays: retry ``n`` in a lane sleeps ``envelope(n) * (1 - jitter * u)``, ``u`` uniform
+    in [0, 1) from the injected ``random.Random``; the jitter stays at the cap so ranks
+    that failed together never line up again. A ``Retry-After`` is a floor: clamped to
+    the lane's cap ``b``, the sleep lies in ``[b, b + jitter * max(b, initial_s)]``.
+    """
+
+    max_attempts: int | None = None
+    deadline_s: float | None = 120.0
+    attempt_timeout_s: float = 5.0
+    refused: Backoff | None = field(default_factory=lambda: Backoff(0.1, 0.5))
+    trouble: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
+    jitter: float = 0.5
+    honor_retry_after: bool = True
+    # The two below exist to reproduce upstream (sglang_pr25125); keep them off.
+    retry_permanent: bool = False
+    clock_jitter: bool = False
+
+    def __post_init__(self) -> None:
+        owner = "RetryPolicy"
+        if self.max_attempts is not None:
+            if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+                raise TypeError(f"{owner}.max_attempts must be an int or None")
+            if self.max_attempts < 1:
+                raise ValueError(f"{owner}.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.deadline_s is not None:
+            _finite(owner, "deadline_s", self.deadline_s, positive=True)
+        _finite(owner, "attempt_timeout_s", self.attempt_timeout_s, positive=True)
+        for name in ("refused", "trouble"):
+            lane = getattr(self, name)
+            if not isinstance(lane, Backoff) and not (name == "refused" and lane is None):
+                raise TypeError(f"{owner}.{name} must be a Backoff, got {type(lane).__name__}")
+        _finite(owner, "jitter", self.jitter, positive=False)
+        if self.jitter > 1:
+            raise ValueError(f"{owner}.jitter must be in [0, 1], got {self.jitter}")
+
+    @classmethod
+    def sglang_pr25125(cls) -> RetryPolicy:
+        """Upstream's loop, exactly: 5 attempts, ``min(2**k, 30) * (0.75 + 0.25 * (now % 1))``.
+
+        Every failure retried alike, no deadline, no Retry-After; the jitter comes
+        from the clock, which every process on a host shares.
+        """
+        return cls(
+            max_attempts=5,
+            deadline_s=None,
+            attempt_timeout_s=5.0,
+            refused=None,
+            trouble=Backoff(1.0, 30.0),
+            jitter=0.25,
+            honor_retry_after=False,
+            retry_permanent=True,
+            clock_jitter=True,
+        )
+
+    def backoff(self, lane: Lane) -> Backoff:
+        if lane is Lane.REFUSED and self.refused is not None:
+            return self.refused
+        return self.trouble
+
+    def lane_of(self, outcome: Outcome) -> Lane | None:
+        """The retry lane of a failed outcome, or None when retrying cannot help."""
+        if outcome.status is not None:
+            if outcome.status >= 500 or outcome.status in _RETRYABLE_STATUS:
+                return Lane.TROUBLE
+            return Lane.TROUBLE if self.retry_permanent else None
+        if outcome.failure in _REFUSED_FAILURES:
+            return Lane.REFUSED if self.refused is not None else Lane.TROUBLE
+        if outcome.failure in _TROUBLE_FAILURES or self.retry_permanent:
+            return Lane.TROUBLE
+        return None
+
+    def attempt_timeout(self, elapsed_s: float) -> float:
+        """This attempt's timeout: the configured one, shrunk to what the deadline leaves."""
+        if self.deadline_s is None:
+            return self.attempt_timeout_s
+        return max(0.0, min(self.attempt_timeout_s, self.deadline_s - elapsed_s))
+
+    def delay_bounds(self, lane: Lane, n: int, retry_after: float | None = None) -> tuple[float, float]:
+        """The interval retry ``n`` of ``lane`` sleeps in, before the deadline clamp."""
+        backoff = self.backoff(lane)
+        if retry_after is not None and self.honor_retry_after:
+            floor = min(retry_after, backoff.cap_s)
+            return floor, floor + self.jitter * max(floor, backoff.initial_s)
+        top = backoff.envelope(n)
+        return top * (1 - self.jitter), top
+
+    def decide(
+        self,
+        outcome: Outcome,
+        *,
+        attempt: int,
+        lane_failures: Mapping[Lane, int],
+        elapsed_s: float,
+        now: float,
+        rng: random.Random,
+    ) -> Decision:
+        """What follows attempt number ``attempt`` (1-based) that produced ``outcome``.
+
+        ``lane_failures`` counts earlier failures per lane; ``elapsed_s`` is the time
+        since the first attempt began; ``now`` feeds only upstream's clock jitter.
+        """
+        if outcome.status == 200:
+            return Decision(Verdict.REGISTERED, Reason.REGISTERED)
+        lane = self.lane_of(outcome)
+        if lane is None:
+            return Decision(Verdict.GIVE_UP, Reason.PERMANENT)
+        if self.max_attempts is not None and attempt >= self.max_attempts:
+            return Decision(Verdict.GIVE_UP, Reason.EXHAUSTED, lane)
+        ra = retry_after_seconds(outcome) if self.honor_retry_after else None
+        low, high = self.delay_bounds(lane, lane_failures.get(lane, 0) + 1, ra)
+        # u in [0, 1): upstream's reads the shared clock; ours an independent generator.
+        u = 1.0 - (now % 1.0) if self.clock_jitter else rng.random()
+        delay = high - (high - low) * u if ra is None else low + (high - low) * u
+        if self.deadline_s is not None:
+            room = self.deadline_s - elapsed_s - min(self.attempt_timeout_s, _LAST_ATTEMPT_MIN_S)
+            # No room for even this lane's shortest sleep: stop rather than creep
+            # towards the deadline in ever smaller steps.
+            if room < max(low, _MIN_SLEEP_S):
+                return Decision(Verdict.GIVE_UP, Reason.DEADLINE, lane)
+            delay = min(delay, room)
+        return Decision(Verdict.RETRY, Reason.RETRY, lane, delay)

@@ -1,0 +1,219 @@
+"""One HTTP attempt: a PUT through a requests.Session, turned into an Outcome.
+
+No retry logic here. Each attempt has a *total* time limit (a slow-trickling
+server cannot stretch it past its timeout) and can be aborted from another thread.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+from typing import Callable, Protocol
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from coordinator.outcome import Cause, Failure, Outcome
+
+MAX_BODY_BYTES = 64 * 1024  # read no more of an answer than this
+_EXCERPT_CHARS = 1024
+
+
+class Transport(Protocol):
+    """What the driver needs from the network; the simulator and tests plug in their own."""
+
+    def attempt(self, url: str, body: bytes, timeout: float) -> Outcome: ...
+
+    def abort(self) -> None:
+        """Cut the attempt in flight short (thread-safe; a no-op when idle)."""
+
+    def close(self) -> None: ...
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of the ``__cause__``/``__context__`` chain."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out = [exc]
+    while (inner := out[-1].__cause__ or out[-1].__context__) is not None and inner not in out:
+        out.append(inner)
+    return out
+
+
+_KINDS: tuple[tuple[tuple[type[BaseException], ...], Failure], ...] = (
+    ((ConnectionRefusedError,), Failure.REFUSED),
+    ((socket.gaierror, urllib3.exceptions.NameResolutionError), Failure.DNS),
+    ((requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError), Failure.TIMEOUT),
+    (
+        (
+            ConnectionResetError,
+            BrokenPipeError,
+            http.client.HTTPException,
+            urllib3.exceptions.ProtocolError,
+            requests.exceptions.ChunkedEncodingError,
+        ),
+        Failure.RESET,
+    ),
+    ((OSError, requests.RequestException, urllib3.exceptions.HTTPError), Failure.CONNECTION),
+)
+
+
+def classify_exception(exc: BaseException) -> Failure:
+    """The most specific failure any exception of the chain names, innermost first."""
+    chain = _chain(exc)[::-1]
+    for types, kind in _KINDS:
+        if any(isinstance(e, types) for e in chain):
+            return kind
+    return Failure.INTERNAL
+
+
+def cause_of(exc: BaseException) -> Cause:
+    inner = root_cause(exc)
+    return Cause(type(inner).__name__, str(inner))
+
+
+class _Watch:
+    """Remembers the connection in use so another thread can shut its socket."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: object | None = None
+
+    def shutdown(self) -> None:
+        with self.lock:
+            sock = getattr(self.conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed: the attempt is ending anyway
+
+
+def _watched(base: type[HTTPConnectionPool], watch: _Watch) -> type[HTTPConnectionPool]:
+    def _get_conn(self: HTTPConnectionPool, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        conn = base._get_conn(self, timeout)
+        with watch.lock:
+            watch.conn = conn
+        return conn
+
+    return type(f"_Watched{base.__name__}", (base,), {"_get_conn": _get_conn})
+
+
+class _AbortableAdapter(HTTPAdapter):
+    def __init__(self, watch: _Watch) -> None:
+        self._watch = watch
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _watched(HTTPConnectionPool, self._watch),
+            "https": _watched(HTTPSConnectionPool, self._watch),
+        }
+
+
+class HttpTransport:
+    """PUTs through a requests.Session: connections reused, redirects never followed.
+
+    Proxy variables are ignored by default (``trust_env=False``): bootstrap traffic
+    stays inside the cluster, and an inherited ``HTTP_PROXY`` would send it astray.
+    A caller's own ``session`` is used as given (its proxies, TLS and adapters); the
+    hard total time limit then holds only for sessions whose adapter we mounted.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session | None = None,
+        *,
+        token: str | None = None,
+        timer: Callable[[float, Callable[[], None]], threading.Timer] = threading.Timer,
+    ) -> None:
+        self._watch = _Watch()
+        self._own_session = session is None
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False
+            adapter = _AbortableAdapter(self._watch)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self._session = session
+        self._headers = {"Content-Type": "application/json"}
+        if token is not None:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._timer = timer
+        self._ending: Failure | None = None  # why the attempt in flight is being cut short
+        self._state_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        # The token lives in the headers: never show them.
+        return f"HttpTransport(own_session={self._own_session})"
+
+    def _cut(self, why: Failure) -> None:
+        with self._state_lock:
+            if self._ending is None:
+                self._ending = why
+        self._watch.shutdown()
+
+    def abort(self) -> None:
+        self._cut(Failure.CANCELLED)
+
+    def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
+        with self._state_lock:
+            self._ending = None
+        watchdog = self._timer(timeout, lambda: self._cut(Failure.TIMEOUT))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return self._put(url, body, timeout)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an Outcome
+            with self._state_lock:
+                ending = self._ending
+            if ending is Failure.TIMEOUT:
+                cause = Cause("TimeoutError", f"no complete answer within {timeout:.3g} s")
+                return Outcome.of_failure(Failure.TIMEOUT, cause)
+            if ending is Failure.CANCELLED:
+                return Outcome.of_failure(Failure.CANCELLED, Cause("Cancelled", "stop() was called"))
+            return Outcome.of_failure(classify_exception(exc), cause_of(exc))
+        finally:
+            watchdog.cancel()
+            with self._watch.lock:
+                self._watch.conn = None
+
+    def _put(self, url: str, body: bytes, timeout: float) -> Outcome:
+        response = self._session.put(
+            url,
+            data=body,
+            headers=self._headers,
+            timeout=timeout,
+            allow_redirects=False,
+            stream=True,
+        )
+        try:
+            data = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True) or b""
+        finally:
+            if response.raw.closed or response.raw.isclosed():
+                response.raw.release_conn()
+            else:
+                # Unread body left on the socket: the connection cannot be reused.
+                response.close()
+        return Outcome.of_status(
+            response.status_code,
+            data[:_EXCERPT_CHARS * 4].decode("utf-8", "replace")[:_EXCERPT_CHARS],
+            retry_after=response.headers.get("Retry-After"),
+            date=response.headers.get("Date"),
+        )
+
+    def close(self) -> None:
+        if self._own_session:
+            self._session.close()
