@@ -225,9 +225,9 @@ class RetryPolicy:
         delay = high - (high - low) * u if ra is None else low + (high - low) * u
         if self.deadline_s is not None:
             room = self.deadline_s - elapsed_s - min(self.attempt_timeout_s, _LAST_ATTEMPT_MIN_S)
-            # No room for even this lane's shortest sleep: stop rather than creep
-            # towards the deadline in ever smaller steps.
-            if room < max(low, _MIN_SLEEP_S):
+            # Sleeping is clamped so one last attempt fits; once that attempt has
+            # been made there is no room left, and the registration gives up.
+            if room < _MIN_SLEEP_S:
                 return Decision(Verdict.GIVE_UP, Reason.DEADLINE, lane)
             delay = min(delay, room)
         return Decision(Verdict.RETRY, Reason.RETRY, lane, delay)

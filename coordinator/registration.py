@@ -350,14 +350,15 @@ class Registration:
         fields = self._common(now)
         if outcome.status is not None and outcome.body:
             fields["body"] = outcome.describe()
+        # Same cause = same status, or same root cause: counted, summarised, not repeated.
+        warn = self._warnings.record(outcome.describe() if outcome.status is None else str(outcome.status))
+        fields["repeats"] = self._warnings.repeats
         if decision.verdict is Verdict.RETRY:
             assert decision.delay_s is not None
-            warn = self._warnings.record(outcome.describe() if outcome.status is None else str(outcome.status))
             fields.update(
                 lane=decision.lane.value if decision.lane else None,
                 delay_s=round(decision.delay_s, 6),
                 next_attempt_at=round(now + decision.delay_s, 6),
-                repeats=self._warnings.repeats,
             )
             (self._log.warning if warn else self._log.debug)(logs.ATTEMPT_FAILED, **fields)
         else:

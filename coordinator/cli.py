@@ -1,0 +1,379 @@
+"""``prefill-startup``: the demo, real registration, a bootstrap server, the diagram, the simulator.
+
+The only place that configures logging: stdlib handlers rendering the library's
+structured events with structlog's console renderer (on a terminal) or as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import requests
+import structlog
+
+from coordinator import diagram, health
+from coordinator.address import bootstrap_url, check_port, split_host_port
+from coordinator.bootstrap_server import BootstrapServer
+from coordinator.clock import SystemClock
+from coordinator.payload import PayloadError, example_payload
+from coordinator.policy import RetryPolicy
+from coordinator.registration import Registration
+from coordinator.snapshot import Snapshot
+from states import State
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _UsageError(Exception):
+    """Bad input from the command line: exit 2 with this message."""
+
+
+# -- logging (the CLI's choice, never the library's) -------------------------
+
+
+class _StructuredFormatter(logging.Formatter):
+    """Renders ``record.structlog`` (the library's event fields) with a structlog renderer."""
+
+    def __init__(self, renderer: Callable[..., str]) -> None:
+        super().__init__()
+        self._renderer = renderer
+        self._stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "structlog", None)
+        event = dict(fields) if fields else {"event": record.getMessage()}
+        event["level"] = record.levelname.lower()
+        event["logger"] = record.name
+        event = self._stamp(None, record.levelname.lower(), event)
+        return self._renderer(None, record.levelname.lower(), event)
+
+
+def configure_logging(fmt: str, level: str = "INFO", stream: Any = None) -> None:
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer: Callable[..., str]
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_StructuredFormatter(renderer))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # transitions narrates every callback at INFO; urllib3 every connection at DEBUG.
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+# -- shared argument helpers ---------------------------------------------------
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        return check_port(int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _token_from_env(var: str | None) -> str | None:
+    if var is None:
+        return None
+    token = os.environ.get(var)
+    if not token:
+        raise _UsageError(f"--token-env: environment variable {var} is not set or empty")
+    return token
+
+
+def _policy_from(args: argparse.Namespace) -> RetryPolicy:
+    deadline = None if args.no_deadline else args.deadline
+    return RetryPolicy(
+        max_attempts=args.max_attempts, deadline_s=deadline, attempt_timeout_s=args.attempt_timeout
+    )
+
+
+def _add_policy_args(p: argparse.ArgumentParser, *, deadline: float) -> None:
+    p.add_argument("--deadline", type=_positive, default=deadline, metavar="S",
+                   help=f"total budget in seconds from the first attempt (default {deadline:g})")
+    p.add_argument("--no-deadline", action="store_true", help="retry without a time budget")
+    p.add_argument("--max-attempts", type=_count, default=None, metavar="N",
+                   help="give up after N attempts (default: unlimited, the deadline rules)")
+    p.add_argument("--attempt-timeout", type=_positive, default=5.0, metavar="S",
+                   help="timeout of one attempt (default 5)")
+
+
+# -- register ----------------------------------------------------------------------
+
+
+def _load_payload(args: argparse.Namespace) -> Any:
+    if args.payload_file is not None:
+        try:
+            text = Path(args.payload_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise _UsageError(f"--payload-file: cannot read {args.payload_file}: {exc.strerror}") from None
+        source = "--payload-file"
+    else:
+        text, source = args.payload, "--payload"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _UsageError(f"{source} is not valid JSON: {exc}") from None
+
+
+def _register(args: argparse.Namespace) -> int:
+    try:
+        host, port = split_host_port(args.bootstrap, "--bootstrap")
+        url = bootstrap_url(host, port, args.dist_init_addr)
+        registration = Registration(
+            url,
+            _load_payload(args),
+            policy=_policy_from(args),
+            token=_token_from_env(args.token_env),
+            on_exhausted="return",
+        )
+    except (ValueError, TypeError) as exc:
+        raise _UsageError(str(exc)) from None
+    probes = None
+    if args.health_port is not None:
+        probes = health.serve(registration, host=args.health_host, port=args.health_port)
+    try:
+        snapshot = registration.run()
+    except KeyboardInterrupt:
+        snapshot = registration.stop()
+    finally:
+        if probes is not None:
+            probes.close()
+    print(json.dumps(snapshot.to_dict()))
+    return EXIT_OK if snapshot.state is State.REGISTERED else EXIT_FAILED
+
+
+# -- bootstrap-server ------------------------------------------------------------
+
+
+def _wait_for_signal() -> None:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.is_set():
+        done.wait(1.0)
+
+
+def _bootstrap_server(args: argparse.Namespace) -> int:
+    try:
+        server = BootstrapServer(args.host, args.port, token=_token_from_env(args.token_env))
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    with server:
+        print(f"bootstrap server listening: PUT/GET {server.url}, GET {server.base_url}/health",
+              flush=True)
+        _wait_for_signal()
+    return EXIT_OK
+
+
+# -- demo -------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _progress(elapsed: float, snaps: Sequence[Snapshot], now: float) -> str:
+    if len(snaps) <= 8:
+        cells = []
+        for i, s in enumerate(snaps):
+            wait = s.seconds_to_next_attempt(now)
+            cell = f"rank{i} {s.state.value:<11} #{s.attempt:<3}"
+            cells.append(cell + (f" next {wait:4.2f}s" if wait is not None else " " * 11))
+        return f"{elapsed:6.2f}s  " + " | ".join(cells)
+    counts = {st.value: sum(s.state is st for s in snaps) for st in State}
+    return f"{elapsed:6.2f}s  " + "  ".join(f"{k}={v}" for k, v in counts.items() if v)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    clock = SystemClock()
+    port = _free_port()
+    url = bootstrap_url("127.0.0.1", port)
+    registrations = [
+        Registration(url, example_payload(rank, args.ranks), name=f"rank{rank}",
+                     policy=RetryPolicy(deadline_s=args.deadline), on_exhausted="return")
+        for rank in range(args.ranks)
+    ]
+    print(f"demo: {args.ranks} prefill ranks register with {url}; "
+          f"the bootstrap server starts listening after {args.server_delay:g} s", flush=True)
+    probes = health.serve(registrations)
+    print(f"demo: probes on {probes.url}/livez /readyz /startupz /status", flush=True)
+    server: BootstrapServer | None = None
+    t0 = clock.now()
+    listen_at = t0
+    try:
+        for r in registrations:
+            r.start()
+        while True:
+            now = clock.now()
+            if server is None and now - t0 >= args.server_delay:
+                server = BootstrapServer("127.0.0.1", port).start()
+                listen_at = clock.now()
+                print(f"{listen_at - t0:6.2f}s  bootstrap server listening on {server.url}", flush=True)
+            snaps = [r.snapshot() for r in registrations]
+            print(_progress(now - t0, snaps, now), flush=True)
+            if all(s.terminal for s in snaps):
+                break
+            clock.sleep(0.25)
+        return _demo_summary(registrations, server, probes, t0, listen_at)
+    finally:
+        for r in registrations:
+            r.stop()
+        probes.close()
+        if server is not None:
+            server.close()
+
+
+def _demo_summary(registrations: Sequence[Registration], server: BootstrapServer | None,
+                  probes: health.HealthServer, t0: float, listen_at: float) -> int:
+    print("\nrank    state        attempts  registered_at_s  lag_after_listen_s  reason")
+    for i, r in enumerate(registrations):
+        s = r.snapshot()
+        done = s.state is State.REGISTERED
+        at = f"{s.state_since - t0:15.3f}" if done else f"{'-':>15}"
+        lag = f"{s.state_since - listen_at:18.3f}" if done else f"{'-':>18}"
+        print(f"rank{i:<3} {s.state.value:<12} {s.attempt:8d}  {at}  {lag}  {s.reason}")
+    with requests.Session() as http:
+        http.trust_env = False
+        readyz = http.get(f"{probes.url}/readyz", timeout=5)
+        print(f"\nprobe: GET /readyz -> {readyz.status_code}")
+        if server is not None:
+            query = dict.fromkeys(("prefill_dp_rank", "prefill_cp_rank", "target_tp_rank", "target_pp_rank"), -1)
+            topo = http.get(server.url, params=query, timeout=5)
+            print(f"decode: GET /route (topology) -> {topo.status_code} {topo.text.strip()}")
+    ok = all(r.state is State.REGISTERED for r in registrations)
+    print("demo: every rank REGISTERED" if ok else "demo: some ranks did NOT register")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+# -- diagram ----------------------------------------------------------------------------
+
+
+def _diagram(args: argparse.Namespace) -> int:
+    path = Path(args.output)
+    if args.check:
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if current != diagram.render_mermaid():
+            print(f"{path} is stale: run 'prefill-startup diagram'", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
+    print(diagram.write(path))
+    return EXIT_OK
+
+
+# -- simulate ----------------------------------------------------------------------------
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from coordinator import simulate  # only this command pays for the simulator's imports
+
+    return simulate.run(args)
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prefill-startup",
+        description="Startup registration of SGLang prefill workers with the bootstrap server.",
+    )
+    parser.add_argument("--log-format", choices=("auto", "console", "json"), default="auto",
+                        help="console on a terminal, JSON otherwise (default auto)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="a prefill group racing a late bootstrap server")
+    demo.add_argument("--ranks", type=_count, default=4, help="prefill ranks (default 4)")
+    demo.add_argument("--server-delay", type=float, default=3.0, metavar="S",
+                      help="seconds before the bootstrap server listens (default 3)")
+    demo.add_argument("--deadline", type=_positive, default=30.0, metavar="S",
+                      help="each rank's registration budget (default 30)")
+    demo.set_defaults(func=_demo)
+
+    reg = sub.add_parser("register", help="register one rank with a running bootstrap server")
+    reg.add_argument("--bootstrap", required=True, metavar="HOST:PORT",
+                     help="the serving host and bootstrap port ('[v6]:port' for IPv6)")
+    reg.add_argument("--dist-init-addr", metavar="A",
+                     help="multi-node: its host is the bootstrap host (as in SGLang)")
+    src = reg.add_mutually_exclusive_group(required=True)
+    src.add_argument("--payload", metavar="JSON", help="the PUT /route body")
+    src.add_argument("--payload-file", metavar="F", help="a file holding the PUT /route body")
+    reg.add_argument("--health-port", type=_port, metavar="P", help="serve the probes on P")
+    reg.add_argument("--health-host", default="127.0.0.1", help="probe bind address (default 127.0.0.1)")
+    reg.add_argument("--token-env", metavar="VAR", help="send 'Authorization: Bearer $VAR'")
+    _add_policy_args(reg, deadline=120.0)
+    reg.set_defaults(func=_register)
+
+    bs = sub.add_parser("bootstrap-server", help="run an SGLang-compatible bootstrap server")
+    bs.add_argument("--host", default="127.0.0.1")
+    bs.add_argument("--port", type=int, default=8998, help="default 8998, as SGLang's")
+    bs.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on PUT")
+    bs.set_defaults(func=_bootstrap_server)
+
+    dg = sub.add_parser("diagram", help="regenerate the state diagram from the states table")
+    dg.add_argument("--output", default=str(diagram.DEFAULT_PATH), metavar="PATH")
+    dg.add_argument("--check", action="store_true", help="exit 1 when PATH is stale")
+    dg.set_defaults(func=_diagram)
+
+    sim = sub.add_parser("simulate", help="simulate a fleet: ours vs upstream on the same draws")
+    try:
+        from coordinator import simulate
+    except ImportError:  # pragma: no cover - the module ships with the package
+        pass
+    else:
+        simulate.add_arguments(sim)
+    sim.set_defaults(func=_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        return int(args.func(args))
+    except (_UsageError, PayloadError) as exc:
+        print(f"prefill-startup {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Background mode: start/wait/stop on a daemon thread."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from coordinator import FakeClock, Registration, RetryPolicy, SystemClock
+from states import State
+
+from conftest import REFUSED, ScriptedTransport, free_port, status
+
+URL = "http://127.0.0.1:8998/route"
+
+
+def test_start_returns_at_once_and_wait_gives_the_terminal_snapshot(payload) -> None:  # type: ignore[no-untyped-def]
+    gate = threading.Event()
+
+    class Gated(ScriptedTransport):
+        def attempt(self, url, body, timeout):  # type: ignore[no-untyped-def]
+            gate.wait(10)
+            return super().attempt(url, body, timeout)
+
+    reg = Registration(URL, payload, clock=FakeClock(), transport=Gated(status(200)), name="rank7")
+    assert reg.start() is reg
+    assert reg.wait(timeout=0.05).state is State.REGISTERING  # still in flight: the current snapshot
+    assert any(t.name == "prefill-startup-rank7" and t.daemon for t in threading.enumerate())
+    gate.set()
+    assert reg.wait(timeout=10).state is State.REGISTERED
+    with pytest.raises(RuntimeError, match="already started"):
+        reg.start()
+
+
+def test_listeners_get_each_snapshot_on_the_driver_thread(payload) -> None:  # type: ignore[no-untyped-def]
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(REFUSED, REFUSED, status(200)))
+    seen: list[tuple[str, int]] = []
+    reg.add_listener(lambda s: seen.append((threading.current_thread().name, s.seq)))
+    reg.start().wait(timeout=10)
+    assert [seq for _, seq in seen] == list(range(1, len(seen) + 1))
+    assert {name for name, _ in seen} == {"prefill-startup-registration"}
+
+
+def test_stop_from_backoff_cancels_quickly(payload) -> None:  # type: ignore[no-untyped-def]
+    from coordinator import Backoff
+
+    url = f"http://127.0.0.1:{free_port()}/route"
+    policy = RetryPolicy(refused=Backoff(30.0, 30.0), jitter=0.0)
+    reg = Registration(url, payload, clock=SystemClock(), policy=policy, on_exhausted="return")
+    in_backoff = threading.Event()
+    reg.add_listener(lambda s: s.state is State.BACKOFF and in_backoff.set())
+    reg.start()
+    assert in_backoff.wait(10)
+    clock = SystemClock()
+    t0 = clock.now()
+    snap = reg.stop(timeout=5)
+    latency = clock.now() - t0
+    assert (snap.state, snap.reason) == (State.FAILED, "cancelled")
+    # The target is 50 ms; the bound is loose because CI machines are shared and noisy.
+    assert latency < 0.5, latency
+
+
+def test_stop_is_idempotent_and_keeps_a_terminal_state(payload) -> None:  # type: ignore[no-untyped-def]
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(status(200)))
+    reg.start().wait(timeout=10)
+    assert reg.stop().state is State.REGISTERED
+    assert reg.stop().state is State.REGISTERED
+
+
+def test_stop_before_start_cancels_from_init(payload) -> None:  # type: ignore[no-untyped-def]
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(status(200)))
+    snap = reg.stop()
+    assert (snap.state, snap.reason, snap.attempt) == (State.FAILED, "cancelled", 0)
