@@ -67,8 +67,10 @@ class _Model:
 def _check_token(token: object) -> str | None:
     if token is None:
         return None
-    if not isinstance(token, str) or not token or any(c in token for c in "\r\n\0 "):
-        raise ValueError("token must be a non-empty string without spaces or line breaks")
+    # Visible ASCII only (RFC 6750's b64token is narrower): anything else would fail
+    # inside http.client with an error message that quotes the header, token and all.
+    if not isinstance(token, str) or not token or not all(33 <= ord(c) <= 126 for c in token):
+        raise ValueError("token must be a non-empty string of visible ASCII characters")
     return token
 
 
@@ -106,6 +108,12 @@ class Registration:
         if transport is not None and (session is not None or token is not None):
             raise ValueError("transport excludes session and token: configure the transport itself")
         token = _check_token(token)
+        if clock is not None and not (callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep", None))):
+            raise TypeError(f"clock must have now() and sleep(), got {type(clock).__name__}")
+        if rng is not None and not isinstance(rng, random.Random):
+            raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
         self._policy = policy
         self._clock: Clock = clock if clock is not None else SystemClock()
         # Seeded from OS entropy: ranks that fail together must not draw together.

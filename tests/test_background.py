@@ -71,3 +71,25 @@ def test_stop_before_start_cancels_from_init(payload) -> None:  # type: ignore[n
     reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(status(200)))
     snap = reg.stop()
     assert (snap.state, snap.reason, snap.attempt) == (State.FAILED, "cancelled", 0)
+
+
+def test_stop_cuts_an_attempt_in_flight_short(payload) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    # A listener that never accepts: the kernel completes the handshake, nobody answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/route"
+        reg = Registration(url, payload, clock=SystemClock(), policy=RetryPolicy(attempt_timeout_s=30.0),
+                           on_exhausted="return")
+        reg.start()
+        clock = SystemClock()
+        t_start = clock.now()
+        while reg._transport._watch.conn is None and clock.now() - t_start < 10:  # type: ignore[attr-defined]
+            clock.sleep(0.01)  # wait until the PUT is on the wire
+        t0 = clock.now()
+        snap = reg.stop(timeout=10)
+        latency = clock.now() - t0
+    assert (snap.state, snap.reason, snap.attempt) == (State.FAILED, "cancelled", 1)
+    assert latency < 2.0, latency  # far below the 30 s attempt timeout
