@@ -58,9 +58,9 @@ class Backoff:
     multiplier: float = 2.0
 
     def __post_init__(self) -> None:
-        _finite("Backoff", "initial_s", self.initial_s, positive=True)
-        _finite("Backoff", "cap_s", self.cap_s, positive=True)
-        _finite("Backoff", "multiplier", self.multiplier, positive=True)
+        for name in ("initial_s", "cap_s", "multiplier"):
+            # Stored as floats, so Backoff(1, 30) and Backoff(1.0, 30.0) are the same value.
+            object.__setattr__(self, name, _finite("Backoff", name, getattr(self, name), positive=True))
         if self.cap_s < self.initial_s:
             raise ValueError(
                 f"Backoff.cap_s ({self.cap_s}) must be >= initial_s ({self.initial_s})"
@@ -72,10 +72,13 @@ class Backoff:
         """The undisturbed delay before retry ``n`` (1-based) in this lane."""
         if self.multiplier == 1 or n <= 1:
             return self.initial_s
-        # Past the exponent that reaches the cap, stop multiplying: a day-long
-        # outage must not overflow the float.
-        to_cap = math.ceil(math.log(self.cap_s / self.initial_s, self.multiplier))
-        return min(self.cap_s, self.initial_s * self.multiplier ** min(n - 1, to_cap))
+        # Compared in log space first: a day-long outage must not overflow the float.
+        if math.log(self.initial_s) + (n - 1) * math.log(self.multiplier) >= math.log(self.cap_s):
+            return self.cap_s
+        try:
+            return min(self.cap_s, self.initial_s * self.multiplier ** (n - 1))
+        except OverflowError:  # multiplier ** (n - 1) alone can exceed a float below the cap
+            return self.cap_s
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def retry_after_seconds(outcome: Outcome) -> float | None:
     value = (outcome.retry_after or "").strip()
     if not value:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() alone admits "²"
         return float(value)
     if not outcome.date:
         return None
@@ -220,9 +223,14 @@ class RetryPolicy:
             return Decision(Verdict.GIVE_UP, Reason.EXHAUSTED, lane)
         ra = retry_after_seconds(outcome) if self.honor_retry_after else None
         low, high = self.delay_bounds(lane, lane_failures.get(lane, 0) + 1, ra)
-        # u in [0, 1): upstream's reads the shared clock; ours an independent generator.
-        u = 1.0 - (now % 1.0) if self.clock_jitter else rng.random()
-        delay = high - (high - low) * u if ra is None else low + (high - low) * u
+        # Upstream's jitter reads the shared clock (written as upstream writes it, so the
+        # figures match to the bit); ours draws from an independent generator.
+        if ra is not None:
+            delay = low + (high - low) * ((now % 1.0) if self.clock_jitter else rng.random())
+        elif self.clock_jitter:
+            delay = high * ((1 - self.jitter) + self.jitter * (now % 1.0))
+        else:
+            delay = high * (1 - self.jitter * rng.random())
         if self.deadline_s is not None:
             room = self.deadline_s - elapsed_s - min(self.attempt_timeout_s, _LAST_ATTEMPT_MIN_S)
             # Sleeping is clamped so one last attempt fits; once that attempt has

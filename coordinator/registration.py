@@ -284,14 +284,18 @@ class Registration:
         if outcome.failure is Failure.CANCELLED:
             self._fail(after, Reason.CANCELLED)
             return
-        decision = self._policy.decide(
-            outcome,
-            attempt=self._attempt,
-            lane_failures=self._lane_failures,
-            elapsed_s=after - self._started_at,
-            now=after,
-            rng=self._rng,
-        )
+        try:
+            decision = self._policy.decide(
+                outcome,
+                attempt=self._attempt,
+                lane_failures=self._lane_failures,
+                elapsed_s=after - self._started_at,
+                now=after,
+                rng=self._rng,
+            )
+        except Exception as exc:  # noqa: BLE001 - a policy bug must not strand the machine mid-attempt
+            self._last_error = cause_of(exc)
+            decision = Decision(Verdict.GIVE_UP, Reason.PERMANENT)
         if decision.verdict is Verdict.RETRY:
             assert decision.lane is not None and decision.delay_s is not None
             self._lane_failures[decision.lane] = self._lane_failures.get(decision.lane, 0) + 1

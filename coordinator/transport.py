@@ -9,7 +9,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
-from typing import Callable, Protocol
+from typing import Protocol
 
 import requests
 import urllib3
@@ -84,30 +84,66 @@ def cause_of(exc: BaseException) -> Cause:
 
 
 class _Watch:
-    """Remembers the connection in use so another thread can shut its socket."""
+    """The socket of the attempt in flight, so another thread can cut the attempt short.
+
+    The socket is captured when it connects (or is taken from the pool), not read back
+    from the connection later: http.client forgets it once the headers of a
+    ``Connection: close`` answer are in, yet the body read must stay cuttable.
+    """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.conn: object | None = None
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.ending: Failure | None = None  # why the attempt in flight is being cut short
 
-    def shutdown(self) -> None:
-        with self.lock:
-            sock = getattr(self.conn, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed: the attempt is ending anyway
+    def arm(self) -> None:
+        with self._lock:
+            self._sock, self.ending = None, None
+
+    def attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            ending = self.ending
+        if ending is not None:
+            # Cut while resolving or connecting, where nothing could be interrupted.
+            _shutdown(sock)
+
+    def cut(self, why: Failure) -> None:
+        with self._lock:
+            if self.ending is None:
+                self.ending = why
+            sock = self._sock
+        _shutdown(sock)
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._sock is not None
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: the attempt is ending anyway
 
 
 def _watched(base: type[HTTPConnectionPool], watch: _Watch) -> type[HTTPConnectionPool]:
+    conn_base = base.ConnectionCls
+
+    def connect(self) -> None:  # type: ignore[no-untyped-def]
+        conn_base.connect(self)
+        watch.attach(self.sock)
+
     def _get_conn(self: HTTPConnectionPool, timeout: float | None = None):  # type: ignore[no-untyped-def]
         conn = base._get_conn(self, timeout)
-        with watch.lock:
-            watch.conn = conn
+        watch.attach(getattr(conn, "sock", None))  # a pooled, already connected socket
         return conn
 
-    return type(f"_Watched{base.__name__}", (base,), {"_get_conn": _get_conn})
+    conn_cls = type(f"_Watched{conn_base.__name__}", (conn_base,), {"connect": connect})
+    return type(f"_Watched{base.__name__}", (base,), {"_get_conn": _get_conn, "ConnectionCls": conn_cls})
 
 
 class _AbortableAdapter(HTTPAdapter):
@@ -123,6 +159,14 @@ class _AbortableAdapter(HTTPAdapter):
         }
 
 
+class _NoRedirectSession(requests.Session):
+    """Even with ``allow_redirects=False``, requests reads a 3xx body in full to build
+    ``response.next``; with no redirect target it never does, and our read cap holds."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
 class HttpTransport:
     """PUTs through a requests.Session: connections reused, redirects never followed.
 
@@ -132,17 +176,11 @@ class HttpTransport:
     hard total time limit then holds only for sessions whose adapter we mounted.
     """
 
-    def __init__(
-        self,
-        session: requests.Session | None = None,
-        *,
-        token: str | None = None,
-        timer: Callable[[float, Callable[[], None]], threading.Timer] = threading.Timer,
-    ) -> None:
+    def __init__(self, session: requests.Session | None = None, *, token: str | None = None) -> None:
         self._watch = _Watch()
         self._own_session = session is None
         if session is None:
-            session = requests.Session()
+            session = _NoRedirectSession()
             session.trust_env = False
             adapter = _AbortableAdapter(self._watch)
             session.mount("http://", adapter)
@@ -151,34 +189,29 @@ class HttpTransport:
         self._headers = {"Content-Type": "application/json"}
         if token is not None:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._timer = timer
-        self._ending: Failure | None = None  # why the attempt in flight is being cut short
-        self._state_lock = threading.Lock()
 
     def __repr__(self) -> str:
         # The token lives in the headers: never show them.
         return f"HttpTransport(own_session={self._own_session})"
 
-    def _cut(self, why: Failure) -> None:
-        with self._state_lock:
-            if self._ending is None:
-                self._ending = why
-        self._watch.shutdown()
+    @property
+    def in_flight(self) -> bool:
+        """Whether an attempt has a socket open right now."""
+        return self._watch.busy
 
     def abort(self) -> None:
-        self._cut(Failure.CANCELLED)
+        self._watch.cut(Failure.CANCELLED)
 
     def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
-        with self._state_lock:
-            self._ending = None
-        watchdog = self._timer(timeout, lambda: self._cut(Failure.TIMEOUT))
+        self._watch.arm()
+        # The total limit: per-read socket timeouts alone let a trickling server go on forever.
+        watchdog = threading.Timer(timeout, self._watch.cut, (Failure.TIMEOUT,))
         watchdog.daemon = True
         watchdog.start()
         try:
             return self._put(url, body, timeout)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an Outcome
-            with self._state_lock:
-                ending = self._ending
+            ending = self._watch.ending
             if ending is Failure.TIMEOUT:
                 cause = Cause("TimeoutError", f"no complete answer within {timeout:.3g} s")
                 return Outcome.of_failure(Failure.TIMEOUT, cause)
@@ -187,8 +220,7 @@ class HttpTransport:
             return Outcome.of_failure(classify_exception(exc), cause_of(exc))
         finally:
             watchdog.cancel()
-            with self._watch.lock:
-                self._watch.conn = None
+            self._watch.attach(None)
 
     def _put(self, url: str, body: bytes, timeout: float) -> Outcome:
         response = self._session.put(

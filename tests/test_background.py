@@ -86,7 +86,7 @@ def test_stop_cuts_an_attempt_in_flight_short(payload) -> None:  # type: ignore[
         reg.start()
         clock = SystemClock()
         t_start = clock.now()
-        while reg._transport._watch.conn is None and clock.now() - t_start < 10:  # type: ignore[attr-defined]
+        while not reg._transport.in_flight and clock.now() - t_start < 10:  # type: ignore[attr-defined]
             clock.sleep(0.01)  # wait until the PUT is on the wire
         t0 = clock.now()
         snap = reg.stop(timeout=10)
