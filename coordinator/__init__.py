@@ -4,7 +4,6 @@ The public API is what this module names; everything else is private to the pack
 """
 
 from coordinator.address import bootstrap_url
-from coordinator.bootstrap_server import BootstrapServer
 from coordinator.clock import Clock, FakeClock, SystemClock
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import PayloadError, validate_payload
@@ -31,3 +30,12 @@ __all__ = [
     "bootstrap_url",
     "validate_payload",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The server pulls in http.server; a scheduler that only registers need not pay for it.
+    if name == "BootstrapServer":
+        from coordinator.bootstrap_server import BootstrapServer
+
+        return BootstrapServer
+    raise AttributeError(f"module 'coordinator' has no attribute {name!r}")

@@ -15,13 +15,15 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import requests
 import structlog
 
-from coordinator import diagram, health
-from coordinator.address import bootstrap_url, check_port, split_host_port
+from coordinator import diagram, health, simulate
+from coordinator.address import bootstrap_url, split_host_port
+from coordinator.argtypes import count, port, positive
 from coordinator.bootstrap_server import BootstrapServer
 from coordinator.clock import SystemClock
 from coordinator.payload import PayloadError, example_payload
@@ -79,33 +81,6 @@ def configure_logging(fmt: str, level: str = "INFO", stream: Any = None) -> None
 # -- shared argument helpers ---------------------------------------------------
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        return check_port(int(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _token_from_env(var: str | None) -> str | None:
     if var is None:
         return None
@@ -123,12 +98,12 @@ def _policy_from(args: argparse.Namespace) -> RetryPolicy:
 
 
 def _add_policy_args(p: argparse.ArgumentParser, *, deadline: float) -> None:
-    p.add_argument("--deadline", type=_positive, default=deadline, metavar="S",
+    p.add_argument("--deadline", type=positive, default=deadline, metavar="S",
                    help=f"total budget in seconds from the first attempt (default {deadline:g})")
     p.add_argument("--no-deadline", action="store_true", help="retry without a time budget")
-    p.add_argument("--max-attempts", type=_count, default=None, metavar="N",
+    p.add_argument("--max-attempts", type=count, default=None, metavar="N",
                    help="give up after N attempts (default: unlimited, the deadline rules)")
-    p.add_argument("--attempt-timeout", type=_positive, default=5.0, metavar="S",
+    p.add_argument("--attempt-timeout", type=positive, default=5.0, metavar="S",
                    help="timeout of one attempt (default 5)")
 
 
@@ -297,15 +272,6 @@ def _diagram(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- simulate ----------------------------------------------------------------------------
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from coordinator import simulate  # only this command pays for the simulator's imports
-
-    return simulate.run(args)
-
-
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -321,10 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="a prefill group racing a late bootstrap server")
-    demo.add_argument("--ranks", type=_count, default=4, help="prefill ranks (default 4)")
+    demo.add_argument("--ranks", type=count, default=4, help="prefill ranks (default 4)")
     demo.add_argument("--server-delay", type=float, default=3.0, metavar="S",
                       help="seconds before the bootstrap server listens (default 3)")
-    demo.add_argument("--deadline", type=_positive, default=30.0, metavar="S",
+    demo.add_argument("--deadline", type=positive, default=30.0, metavar="S",
                       help="each rank's registration budget (default 30)")
     demo.set_defaults(func=_demo)
 
@@ -336,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = reg.add_mutually_exclusive_group(required=True)
     src.add_argument("--payload", metavar="JSON", help="the PUT /route body")
     src.add_argument("--payload-file", metavar="F", help="a file holding the PUT /route body")
-    reg.add_argument("--health-port", type=_port, metavar="P", help="serve the probes on P")
+    reg.add_argument("--health-port", type=port, metavar="P", help="serve the probes on P")
     reg.add_argument("--health-host", default="127.0.0.1", help="probe bind address (default 127.0.0.1)")
     reg.add_argument("--token-env", metavar="VAR", help="send 'Authorization: Bearer $VAR'")
     _add_policy_args(reg, deadline=120.0)
@@ -354,13 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     dg.set_defaults(func=_diagram)
 
     sim = sub.add_parser("simulate", help="simulate a fleet: ours vs upstream on the same draws")
-    try:
-        from coordinator import simulate
-    except ImportError:  # pragma: no cover - the module ships with the package
-        pass
-    else:
-        simulate.add_arguments(sim)
-    sim.set_defaults(func=_simulate)
+    simulate.add_arguments(sim)
+    sim.set_defaults(func=simulate.run)
     return parser
 
 

@@ -8,7 +8,8 @@ where upstream answers 500).
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 _SIZE_RANK_PAIRS = (
     ("attn_tp_size", "attn_tp_rank"),
@@ -89,12 +90,16 @@ def validate_payload(payload: Any) -> dict[str, Any]:
 
 def encode_payload(payload: Mapping[str, Any]) -> bytes:
     """Serialise once, up front, so a value JSON cannot carry fails before any network call."""
-    for field, value in payload.items():
+    try:
+        return json.dumps(dict(payload), allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError):
+        pass
+    for field, value in payload.items():  # find the culprit, to name it
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"payload field {field!r} is not JSON-serialisable: {exc}") from None
-    return json.dumps(dict(payload), allow_nan=False, separators=(",", ":")).encode()
+    raise TypeError("payload is not JSON-serialisable")
 
 
 def example_payload(rank: int = 0, tp_size: int = 1, *, rank_port: int = 17000) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from typing import Mapping
+from collections.abc import Mapping
 
 from coordinator.outcome import Failure, Outcome
 from states import Verdict

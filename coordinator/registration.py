@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 import threading
-from typing import Any, Callable, Literal, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import requests
 from transitions import Machine

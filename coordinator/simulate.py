@@ -36,8 +36,10 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from coordinator.argtypes import count
 from coordinator.clock import FakeClock
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import example_payload
@@ -459,20 +461,10 @@ def write_plot(results: Mapping[str, Result], scenario: Scenario, path: str) -> 
 # -- command line ---------------------------------------------------------------------
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The simulator's options, on ``parser`` (``prefill-startup simulate`` or ``-m``)."""
-    parser.add_argument("--ranks", type=_count, default=DEFAULT_RANKS, help=f"ranks per trial (default {DEFAULT_RANKS})")
-    parser.add_argument("--trials", type=_count, default=DEFAULT_TRIALS,
+    parser.add_argument("--ranks", type=count, default=DEFAULT_RANKS, help=f"ranks per trial (default {DEFAULT_RANKS})")
+    parser.add_argument("--trials", type=count, default=DEFAULT_TRIALS,
                         help=f"trials, each with its own R; figures aggregate them (default {DEFAULT_TRIALS}; "
                              "each costs seconds: the defaults take over a minute)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same figures (default 0)")
@@ -483,7 +475,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unavailable", type=float, default=0.0, metavar="S", help="then answers 503 for S s")
     parser.add_argument("--hang", type=float, default=0.0, metavar="S",
                         help="after R, accepts but never answers for S s (before any 503 phase)")
-    parser.add_argument("--capacity", type=_count, metavar="K", help="answers at most K requests per second; beyond, 503")
+    parser.add_argument("--capacity", type=count, metavar="K", help="answers at most K requests per second; beyond, 503")
     parser.add_argument("--start-window", type=float, default=0.05, metavar="S",
                         help="ranks start uniformly within S s (default 0.05)")
     parser.add_argument("--latency", type=float, default=0.001, metavar="S",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
@@ -13,6 +12,7 @@ import pytest
 from coordinator.clock import FakeClock
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import example_payload
+from faultserver import free_port, ipv6_available  # noqa: F401 - shared with the tests
 
 REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "[Errno 111] Connection refused"))
 TIMEOUT = Outcome.of_failure(Failure.TIMEOUT, Cause("TimeoutError", "timed out"))
@@ -42,12 +42,6 @@ class ScriptedTransport:
 
     def close(self) -> None:
         self.closed = True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ScriptedServer:

@@ -41,25 +41,6 @@ def test_listeners_get_each_snapshot_on_the_driver_thread(payload) -> None:  # t
     assert {name for name, _ in seen} == {"prefill-startup-registration"}
 
 
-def test_stop_from_backoff_cancels_quickly(payload) -> None:  # type: ignore[no-untyped-def]
-    from coordinator import Backoff
-
-    url = f"http://127.0.0.1:{free_port()}/route"
-    policy = RetryPolicy(refused=Backoff(30.0, 30.0), jitter=0.0)
-    reg = Registration(url, payload, clock=SystemClock(), policy=policy, on_exhausted="return")
-    in_backoff = threading.Event()
-    reg.add_listener(lambda s: s.state is State.BACKOFF and in_backoff.set())
-    reg.start()
-    assert in_backoff.wait(10)
-    clock = SystemClock()
-    t0 = clock.now()
-    snap = reg.stop(timeout=5)
-    latency = clock.now() - t0
-    assert (snap.state, snap.reason) == (State.FAILED, "cancelled")
-    # The target is 50 ms; the bound is loose because CI machines are shared and noisy.
-    assert latency < 0.5, latency
-
-
 def test_stop_is_idempotent_and_keeps_a_terminal_state(payload) -> None:  # type: ignore[no-untyped-def]
     reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(status(200)))
     reg.start().wait(timeout=10)

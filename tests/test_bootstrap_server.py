@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from coordinator.bootstrap_server import MAX_BODY_BYTES, BootstrapServer
+from faultserver import ipv6_available
 from coordinator.payload import PayloadError, example_payload, validate_payload
 
 TOKEN = "s3cret-t0ken"
@@ -444,16 +445,7 @@ def test_context_manager() -> None:
     assert server_threads() == []
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback on this machine")
 def test_ipv6_loopback() -> None:
     with BootstrapServer(host="::1") as srv:
         assert srv.url == f"http://[::1]:{srv.port}/route"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 
 import pytest
 
@@ -13,7 +12,7 @@ from coordinator.outcome import Failure
 from coordinator.transport import HttpTransport, classify_exception, root_cause
 from states import State
 
-from conftest import REFUSED, TIMEOUT, ScriptedServer, ScriptedTransport, free_port, status
+from conftest import REFUSED, TIMEOUT, ScriptedServer, ScriptedTransport, free_port, ipv6_available, status
 
 URL = "http://127.0.0.1:8998/route"
 
@@ -340,10 +339,7 @@ def test_bootstrap_url_rejects_bad_input(args, field) -> None:  # type: ignore[n
 
 
 def test_ipv6_loopback(payload) -> None:  # type: ignore[no-untyped-def]
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
+    if not ipv6_available():
         pytest.skip("no IPv6 loopback")
     from coordinator import BootstrapServer
 
