@@ -181,6 +181,8 @@ class Registration:
 
     def run(self) -> Snapshot:
         """Drive to REGISTERED or FAILED; with ``on_exhausted="raise"``, FAILED raises."""
+        if self._thread is not None:
+            raise RuntimeError("registration runs in the background: use wait()")
         snapshot = self._run_to_end()
         if snapshot.state is State.FAILED and self._on_exhausted == "raise":
             raise RegistrationFailed(snapshot)

@@ -30,6 +30,8 @@ def test_start_returns_at_once_and_wait_gives_the_terminal_snapshot(payload) -> 
     assert reg.wait(timeout=10).state is State.REGISTERED
     with pytest.raises(RuntimeError, match="already started"):
         reg.start()
+    with pytest.raises(RuntimeError, match="background"):
+        reg.run()
 
 
 def test_listeners_get_each_snapshot_on_the_driver_thread(payload) -> None:  # type: ignore[no-untyped-def]
