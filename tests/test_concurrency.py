@@ -116,7 +116,7 @@ def test_snapshots_are_never_torn_while_the_driver_makes_100k_transitions() -> N
                     break
                 # Hand the GIL on after each read: eight spinning readers would otherwise take
                 # 8/9 of the interpreter; reads stay back to back (no sleeping).
-                time.sleep(0)
+                os.sched_yield()
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(f"reader {i}: {type(exc).__name__}: {exc}")
         finally:
@@ -177,9 +177,10 @@ def _library_threads(before: set[threading.Thread]) -> list[threading.Thread]:
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    ev, end = threading.Event(), time.monotonic() + timeout
+    ev, clock = threading.Event(), SystemClock()
+    end = clock.now() + timeout
     while not predicate():
-        if time.monotonic() > end:
+        if clock.now() > end:
             return False
         ev.wait(0.01)
     return True
@@ -339,6 +340,8 @@ def test_stop_racing_a_polling_thread_ends_cancelled_once() -> None:
                        on_exhausted="return")
     seen: list[Snapshot] = []
     reg.add_listener(seen.append)
+    busy = threading.Event()  # the poller is well under way: stop() lands mid-stream
+    reg.add_listener(lambda s: s.attempt >= 50 and busy.set())
     errors: list[BaseException] = []
     started = threading.Event()
 
@@ -354,8 +357,7 @@ def test_stop_racing_a_polling_thread_ends_cancelled_once() -> None:
 
     t = threading.Thread(target=poller)
     t.start()
-    assert started.wait(10)
-    time.sleep(0.05)
+    assert started.wait(10) and busy.wait(10)
     reg.stop()
     t.join(10)
     assert not t.is_alive() and not errors
