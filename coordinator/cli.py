@@ -275,18 +275,28 @@ def _diagram(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------
 
 
+def _add_log_args(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # Without defaults, a subcommand's copy leaves the global value alone unless given.
+    keep = argparse.SUPPRESS
+    parser.add_argument("--log-format", choices=("auto", "console", "json"),
+                        default="auto" if defaults else keep,
+                        help="console on a terminal, JSON otherwise (default auto)")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        default="INFO" if defaults else keep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prefill-startup",
         description="Startup registration of SGLang prefill workers with the bootstrap server.",
     )
-    parser.add_argument("--log-format", choices=("auto", "console", "json"), default="auto",
-                        help="console on a terminal, JSON otherwise (default auto)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    _add_log_args(parser, defaults=True)
+    # Accepted after the command too (``prefill-startup demo --log-format json``).
+    common = argparse.ArgumentParser(add_help=False)
+    _add_log_args(common, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="a prefill group racing a late bootstrap server")
+    demo = sub.add_parser("demo", parents=[common], help="a prefill group racing a late bootstrap server")
     demo.add_argument("--ranks", type=count, default=4, help="prefill ranks (default 4)")
     demo.add_argument("--server-delay", type=float, default=3.0, metavar="S",
                       help="seconds before the bootstrap server listens (default 3)")
@@ -294,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="each rank's registration budget (default 30)")
     demo.set_defaults(func=_demo)
 
-    reg = sub.add_parser("register", help="register one rank with a running bootstrap server")
+    reg = sub.add_parser("register", parents=[common], help="register one rank with a running bootstrap server")
     reg.add_argument("--bootstrap", required=True, metavar="HOST:PORT",
                      help="the serving host and bootstrap port ('[v6]:port' for IPv6)")
     reg.add_argument("--dist-init-addr", metavar="A",
@@ -308,18 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy_args(reg, deadline=120.0)
     reg.set_defaults(func=_register)
 
-    bs = sub.add_parser("bootstrap-server", help="run an SGLang-compatible bootstrap server")
+    bs = sub.add_parser("bootstrap-server", parents=[common], help="run an SGLang-compatible bootstrap server")
     bs.add_argument("--host", default="127.0.0.1")
     bs.add_argument("--port", type=int, default=8998, help="default 8998, as SGLang's")
     bs.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on PUT")
     bs.set_defaults(func=_bootstrap_server)
 
-    dg = sub.add_parser("diagram", help="regenerate the state diagram from the states table")
+    dg = sub.add_parser("diagram", parents=[common], help="regenerate the state diagram from the states table")
     dg.add_argument("--output", default=str(diagram.DEFAULT_PATH), metavar="PATH")
     dg.add_argument("--check", action="store_true", help="exit 1 when PATH is stale")
     dg.set_defaults(func=_diagram)
 
-    sim = sub.add_parser("simulate", help="simulate a fleet: ours vs upstream on the same draws")
+    sim = sub.add_parser("simulate", parents=[common], help="simulate a fleet: ours vs upstream on the same draws")
     simulate.add_arguments(sim)
     sim.set_defaults(func=simulate.run)
     return parser

@@ -27,7 +27,7 @@ def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.
 
 
 def test_demo_registers_every_rank() -> None:
-    r = cli("--log-format", "json", "demo", "--ranks", "3", "--server-delay", "0.6")
+    r = cli("demo", "--ranks", "3", "--server-delay", "0.6", "--log-format", "json")
     assert r.returncode == 0, r.stderr
     assert "demo: every rank REGISTERED" in r.stdout
     assert "GET /readyz -> 200" in r.stdout
