@@ -23,9 +23,9 @@ import logging
 import re
 import socket
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 

@@ -14,8 +14,8 @@ import signal
 import socket
 import sys
 import threading
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import requests

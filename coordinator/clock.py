@@ -1,10 +1,17 @@
-"""The only place that reads time or sleeps."""
+"""The only place that reads time, sleeps, or seeds randomness."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from typing import Protocol
+
+
+class Rng(Protocol):
+    """What the policy draws jitter from: a ``random.Random`` in practice."""
+
+    def random(self) -> float: ...
 
 
 class Clock(Protocol):
@@ -66,3 +73,13 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now})"
+
+
+def entropy_rng() -> random.Random:
+    """A generator seeded from OS entropy: ranks that fail together must not draw together."""
+    return random.Random()
+
+
+def seeded_rng(seed: int | str) -> random.Random:
+    """A reproducible generator (simulation, tests)."""
+    return random.Random(seed)

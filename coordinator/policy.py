@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from collections.abc import Mapping
 
+from coordinator.checks import finite
+from coordinator.clock import Rng
 from coordinator.outcome import Failure, Outcome
 from states import Verdict
 
@@ -40,15 +41,6 @@ _LAST_ATTEMPT_MIN_S = 1.0
 _MIN_SLEEP_S = 1e-3
 
 
-def _finite(owner: str, name: str, value: object, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}.{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{owner}.{name} must be finite and {bound}, got {value!r}")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class Backoff:
     """An exponential envelope: ``initial_s * multiplier**(n-1)``, capped at ``cap_s``."""
@@ -60,7 +52,7 @@ class Backoff:
     def __post_init__(self) -> None:
         for name in ("initial_s", "cap_s", "multiplier"):
             # Stored as floats, so Backoff(1, 30) and Backoff(1.0, 30.0) are the same value.
-            object.__setattr__(self, name, _finite("Backoff", name, getattr(self, name), positive=True))
+            object.__setattr__(self, name, finite("Backoff", name, getattr(self, name), positive=True))
         if self.cap_s < self.initial_s:
             raise ValueError(
                 f"Backoff.cap_s ({self.cap_s}) must be >= initial_s ({self.initial_s})"
@@ -138,13 +130,13 @@ class RetryPolicy:
             if self.max_attempts < 1:
                 raise ValueError(f"{owner}.max_attempts must be >= 1, got {self.max_attempts}")
         if self.deadline_s is not None:
-            _finite(owner, "deadline_s", self.deadline_s, positive=True)
-        _finite(owner, "attempt_timeout_s", self.attempt_timeout_s, positive=True)
+            finite(owner, "deadline_s", self.deadline_s, positive=True)
+        finite(owner, "attempt_timeout_s", self.attempt_timeout_s, positive=True)
         for name in ("refused", "trouble"):
             lane = getattr(self, name)
             if not isinstance(lane, Backoff) and not (name == "refused" and lane is None):
                 raise TypeError(f"{owner}.{name} must be a Backoff, got {type(lane).__name__}")
-        _finite(owner, "jitter", self.jitter, positive=False)
+        finite(owner, "jitter", self.jitter, positive=False)
         if self.jitter > 1:
             raise ValueError(f"{owner}.jitter must be in [0, 1], got {self.jitter}")
 
@@ -207,7 +199,7 @@ class RetryPolicy:
         lane_failures: Mapping[Lane, int],
         elapsed_s: float,
         now: float,
-        rng: random.Random,
+        rng: Rng,
     ) -> Decision:
         """What follows attempt number ``attempt`` (1-based) that produced ``outcome``.
 

@@ -7,7 +7,6 @@ snapshot swap) happens here between events. Readers only read the snapshot.
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from transitions import Machine
 
 from coordinator import logs
 from coordinator.address import check_url
-from coordinator.clock import Clock, SystemClock
+from coordinator.clock import Clock, Rng, SystemClock, entropy_rng
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import encode_payload, validate_payload
 from coordinator.policy import Decision, Lane, Reason, RetryPolicy
@@ -90,7 +89,7 @@ class Registration:
         *,
         policy: RetryPolicy | None = None,
         clock: Clock | None = None,
-        rng: random.Random | None = None,
+        rng: Rng | None = None,
         session: requests.Session | None = None,
         logger: Any = None,
         token: str | None = None,
@@ -111,14 +110,13 @@ class Registration:
         token = _check_token(token)
         if clock is not None and not (callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep", None))):
             raise TypeError(f"clock must have now() and sleep(), got {type(clock).__name__}")
-        if rng is not None and not isinstance(rng, random.Random):
+        if rng is not None and not callable(getattr(rng, "random", None)):
             raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
         self._policy = policy
         self._clock: Clock = clock if clock is not None else SystemClock()
-        # Seeded from OS entropy: ranks that fail together must not draw together.
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else entropy_rng()
         self._transport: Transport = transport or HttpTransport(session, token=token)
         self._on_exhausted = on_exhausted
         self.name = name
@@ -140,7 +138,7 @@ class Registration:
         self._last_error: Cause | None = None
         self._reason: str | None = None
         now = self._clock.now()
-        self._snapshot = self._make_snapshot(now, now, seq=0)
+        self._snapshot = self._make_snapshot(now, seq=0)
 
     def __repr__(self) -> str:
         s = self._snapshot
@@ -253,10 +251,10 @@ class Registration:
         elif state is State.BACKOFF:
             self._fire(Trigger.TIMER, now, now=now, due_at=self._next_attempt_at)
 
-    def _fire(self, trigger: Trigger, at: float, **event: Any) -> bool:
+    def _fire(self, trigger: Trigger, at: float, **event: Any) -> None:
         before = self._model.state
         if not self._model.trigger(trigger.value, **event):
-            return False
+            return  # a guard held (the timer is not due yet)
         after = self._model.state
         self._next_attempt_at = self._next_attempt_at if after is State.BACKOFF else None
         self._publish(at)
@@ -268,7 +266,6 @@ class Registration:
             attempt=self._attempt,
             elapsed_s=round(self._snapshot.elapsed_s, 6),
         )
-        return True
 
     def _attempt_once(self, now: float) -> None:
         assert self._started_at is not None
@@ -303,8 +300,6 @@ class Registration:
             assert decision.lane is not None and decision.delay_s is not None
             self._lane_failures[decision.lane] = self._lane_failures.get(decision.lane, 0) + 1
             self._next_attempt_at = after + decision.delay_s
-        elif decision.verdict is Verdict.REGISTERED:
-            self._reason = Reason.REGISTERED.value
         else:
             self._reason = decision.reason.value
         self._log_attempt(outcome, decision, after)
@@ -312,20 +307,20 @@ class Registration:
 
     def _fail(self, now: float, reason: Reason) -> None:
         self._reason = reason.value
-        self._fire(Trigger.CANCEL if reason is Reason.CANCELLED else Trigger.ATTEMPT_DONE, now,
-                   verdict=Verdict.GIVE_UP)
+        trigger = Trigger.CANCEL if reason is Reason.CANCELLED else Trigger.ATTEMPT_DONE
+        self._fire(trigger, now, verdict=Verdict.GIVE_UP)
         self._log_failed(now)
 
     # -- effects: snapshot, listeners, logs -----------------------------------
 
-    def _make_snapshot(self, now: float, since: float, seq: int) -> Snapshot:
+    def _make_snapshot(self, now: float, seq: int) -> Snapshot:
         return Snapshot(
             state=self._model.state,
             url=self._url,
             attempt=self._attempt,
             max_attempts=self._policy.max_attempts,
             started_at=self._started_at,
-            state_since=since,
+            state_since=now,  # a snapshot is made per transition
             next_attempt_at=self._next_attempt_at,
             last_status=self._last_status,
             last_error=self._last_error,
@@ -335,7 +330,7 @@ class Registration:
         )
 
     def _publish(self, now: float) -> None:
-        self._snapshot = self._make_snapshot(now, now, self._snapshot.seq + 1)
+        self._snapshot = self._make_snapshot(now, self._snapshot.seq + 1)
         if self._snapshot.terminal:
             self._transport.close()
         for listener in list(self._listeners):

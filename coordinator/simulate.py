@@ -6,7 +6,7 @@ only the network is simulated. The event loop keeps a heap of ``(time, rank)``: 
 the earliest rank's clock to that time and polls it until it is terminal or waits in
 BACKOFF, then pushes its ``next_attempt_at``. All clocks read the same simulated time,
 so upstream's jitter, which reads the clock, is as correlated across ranks as it is on
-a host whose processes share ``time.monotonic()``.
+a host whose processes share one monotonic clock.
 
 The server model (:class:`Scenario`): it refuses connections until it listens at ``R``,
 then hangs (accepts, never answers) for ``hang_s``, then answers 503 for
@@ -19,7 +19,7 @@ uniformly from the k-th of ``T`` equal slices of ``late_start``, a stratified sa
 of the uniform distribution (so 20 trials estimate a success rate to ~1/T, where
 independent draws would be off by ~10 points). Policies compared by :func:`compare`
 see identical draws: the same ``R`` and start offsets, and rank ``i`` of trial ``k``
-gets ``random.Random(f"{seed}/{k}/{i}")`` whatever the policy.
+gets ``seeded_rng(f"{seed}/{k}/{i}")`` whatever the policy.
 
 Lag is measured from ``ready``, the first moment a PUT could get a 200; with neither
 a hang nor a 503 phase that is ``R``.
@@ -31,16 +31,15 @@ import argparse
 import heapq
 import json
 import math
-import random
 import sys
-import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from coordinator.argtypes import count
-from coordinator.clock import FakeClock
+from coordinator.checks import finite
+from coordinator.clock import FakeClock, SystemClock, seeded_rng
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import example_payload
 from coordinator.policy import RetryPolicy
@@ -63,14 +62,6 @@ _NOT_READY = Outcome.of_status(503, "bootstrap server not ready")
 _OVERLOADED = Outcome.of_status(503, "over capacity")
 
 
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"Scenario.{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"Scenario.{name} must be finite and >= 0, got {value!r}")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class Scenario:
     """The simulated bootstrap server and the ranks' start; see the module docstring."""
@@ -85,11 +76,11 @@ class Scenario:
     def __post_init__(self) -> None:
         if not isinstance(self.late_start, tuple) or len(self.late_start) != 2:
             raise TypeError("Scenario.late_start must be a (min, max) tuple")
-        low, high = (_number("late_start", v) for v in self.late_start)
+        low, high = (finite("Scenario", "late_start", v, positive=False) for v in self.late_start)
         if low > high:
             raise ValueError(f"Scenario.late_start min ({low}) must be <= max ({high})")
         for name in ("unavailable_s", "hang_s", "start_window_s", "latency_s"):
-            _number(name, getattr(self, name))
+            finite("Scenario", name, getattr(self, name), positive=False)
         if self.capacity is not None:
             if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
                 raise TypeError(f"Scenario.capacity must be an int or None, got {type(self.capacity).__name__}")
@@ -116,7 +107,7 @@ def draw_trials(scenario: Scenario, *, ranks: int, trials: int, seed: int) -> li
     low, high = scenario.late_start
     out = []
     for k in range(trials):
-        rng = random.Random(f"{seed}/{k}")
+        rng = seeded_rng(f"{seed}/{k}")
         up_at = low + (high - low) * (k + rng.random()) / trials
         starts = tuple(rng.random() * scenario.start_window_s for _ in range(ranks))
         out.append(Trial(k, up_at, starts))
@@ -293,7 +284,7 @@ def _run_trial(scenario: Scenario, policy: RetryPolicy, trial: Trial, seed: int)
             example_payload(i, ranks),
             policy=policy,
             clock=clock,
-            rng=random.Random(f"{seed}/{trial.index}/{i}"),
+            rng=seeded_rng(f"{seed}/{trial.index}/{i}"),
             transport=SimTransport(server, clock),
             logger=_NULL_LOGGER,
             on_exhausted="return",
@@ -314,12 +305,13 @@ def _run_trial(scenario: Scenario, policy: RetryPolicy, trial: Trial, seed: int)
 
 
 def _run_policy(name: str, scenario: Scenario, policy: RetryPolicy, draws: list[Trial], seed: int) -> Result:
-    # perf_counter measures only the simulator's own cost; simulated time is the FakeClocks'.
-    began = time.perf_counter()
+    # The real clock measures only the simulator's own cost; simulated time is the FakeClocks'.
+    wall_clock = SystemClock()
+    began = wall_clock.now()
     tally = _Tally()
     for trial in draws:
         tally.add(*_run_trial(scenario, policy, trial, seed))
-    wall = time.perf_counter() - began
+    wall = wall_clock.now() - began
     ranks, trials = len(draws[0].starts), len(draws)
     lags = tuple(sorted(tally.lags))
     span = max(tally.series, default=-1) + 1

@@ -33,22 +33,17 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-def root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of the ``__cause__``/``__context__`` chain."""
-    seen = {id(exc)}
-    while True:
-        inner = exc.__cause__ or exc.__context__
-        if inner is None or id(inner) in seen:
-            return exc
-        seen.add(id(inner))
-        exc = inner
-
-
 def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its ``__cause__``/``__context__`` ancestors, outermost first."""
     out = [exc]
     while (inner := out[-1].__cause__ or out[-1].__context__) is not None and inner not in out:
         out.append(inner)
     return out
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of the ``__cause__``/``__context__`` chain."""
+    return _chain(exc)[-1]
 
 
 _KINDS: tuple[tuple[tuple[type[BaseException], ...], Failure], ...] = (
