@@ -150,6 +150,8 @@ class Registration:
     def state(self) -> State:
         return self._snapshot.state
 
+    kind = "registration"
+
     @property
     def url(self) -> str:
         return self._url
@@ -327,6 +329,8 @@ class Registration:
             reason=self._reason,
             taken_at=now,
             seq=seq,
+            name=self.name,
+            kind="registration",
         )
 
     def _publish(self, now: float) -> None:

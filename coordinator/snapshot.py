@@ -29,6 +29,8 @@ class Snapshot:
     reason: str | None
     taken_at: float
     seq: int
+    name: str | None = None  # the driver's name= (a rank, a prefill address); probes show it
+    kind: str = "registration"  # "registration" (prefill side) or "discovery" (decode side)
 
     @property
     def terminal(self) -> bool:
