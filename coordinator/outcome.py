@@ -7,7 +7,7 @@ from enum import Enum
 
 
 class Failure(str, Enum):
-    """Why an attempt got no HTTP status."""
+    """Why an attempt failed: no HTTP status, or (PENDING, INVALID) what its answer means."""
 
     REFUSED = "refused"  # nothing listens yet
     DNS = "dns"
@@ -16,6 +16,9 @@ class Failure(str, Enum):
     CONNECTION = "connection"  # any other network error (unreachable, TLS, ...)
     CANCELLED = "cancelled"  # stop() cut the attempt short
     INTERNAL = "internal"  # an unexpected exception in the transport: a bug, not the network
+    # The two below come with a status: what a discovery concluded from an answer.
+    PENDING = "pending"  # 503 while prefill ranks register, 404 for a rank not yet there: not yet
+    INVALID = "invalid"  # an answer no retry can fix: malformed, or a topology that disagrees
 
 
 @dataclass(frozen=True)

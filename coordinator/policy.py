@@ -19,6 +19,7 @@ class Lane(str, Enum):
 
     REFUSED = "refused"  # nothing listens yet: a probe costs the server nothing
     TROUBLE = "trouble"  # the server (or the path to it) is struggling: back off hard
+    PENDING = "pending"  # a discovery's "not yet": prefill ranks are still registering
 
 
 class Reason(str, Enum):
@@ -116,6 +117,7 @@ class RetryPolicy:
     attempt_timeout_s: float = 5.0
     refused: Backoff | None = field(default_factory=lambda: Backoff(0.1, 0.5))
     trouble: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
+    pending: Backoff = field(default_factory=lambda: Backoff(0.1, 0.5))
     jitter: float = 0.5
     honor_retry_after: bool = True
     # The two below exist to reproduce upstream (sglang_pr25125); keep them off.
@@ -132,7 +134,7 @@ class RetryPolicy:
         if self.deadline_s is not None:
             finite(owner, "deadline_s", self.deadline_s, positive=True)
         finite(owner, "attempt_timeout_s", self.attempt_timeout_s, positive=True)
-        for name in ("refused", "trouble"):
+        for name in ("refused", "trouble", "pending"):
             lane = getattr(self, name)
             if not isinstance(lane, Backoff) and not (name == "refused" and lane is None):
                 raise TypeError(f"{owner}.{name} must be a Backoff, got {type(lane).__name__}")
@@ -160,12 +162,18 @@ class RetryPolicy:
         )
 
     def backoff(self, lane: Lane) -> Backoff:
+        if lane is Lane.PENDING:
+            return self.pending
         if lane is Lane.REFUSED and self.refused is not None:
             return self.refused
         return self.trouble
 
     def lane_of(self, outcome: Outcome) -> Lane | None:
         """The retry lane of a failed outcome, or None when retrying cannot help."""
+        if outcome.failure is Failure.PENDING:
+            return Lane.PENDING
+        if outcome.failure is Failure.INVALID:
+            return None
         if outcome.status is not None:
             if outcome.status >= 500 or outcome.status in _RETRYABLE_STATUS:
                 return Lane.TROUBLE
@@ -206,7 +214,7 @@ class RetryPolicy:
         ``lane_failures`` counts earlier failures per lane; ``elapsed_s`` is the time
         since the first attempt began; ``now`` feeds only upstream's clock jitter.
         """
-        if outcome.status == 200:
+        if outcome.status == 200 and outcome.failure is None:
             return Decision(Verdict.REGISTERED, Reason.REGISTERED)
         lane = self.lane_of(outcome)
         if lane is None:

@@ -122,21 +122,6 @@ def _check_counts(ranks: int, trials: int) -> None:
             raise ValueError(f"{name} must be in [1, {high or 'inf'}], got {value}")
 
 
-class NullLogger:
-    """Drops every event: a simulated fleet's log lines would cost more than the fleet."""
-
-    def bind(self, **_: Any) -> NullLogger:
-        return self
-
-    def debug(self, *_: Any, **__: Any) -> None:
-        return None
-
-    info = warning = error = debug
-
-
-_NULL_LOGGER = NullLogger()
-
-
 class _Server:
     """One trial's bootstrap server: answers by phase, and counts what reaches it."""
 
@@ -286,7 +271,7 @@ def _run_trial(scenario: Scenario, policy: RetryPolicy, trial: Trial, seed: int)
             clock=clock,
             rng=seeded_rng(f"{seed}/{trial.index}/{i}"),
             transport=SimTransport(server, clock),
-            logger=_NULL_LOGGER,
+            hooks=(),  # a simulated fleet's log lines and metrics would cost more than the fleet
             on_exhausted="return",
         )
         for i, clock in enumerate(clocks)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from coordinator.outcome import Cause
+from coordinator.prefill_info import PrefillInfo
 from states import TERMINAL, State
 
 
@@ -31,6 +32,8 @@ class Snapshot:
     seq: int
     name: str | None = None  # the driver's name= (a rank, a prefill address); probes show it
     kind: str = "registration"  # "registration" (prefill side) or "discovery" (decode side)
+    deadline_s: float | None = None  # the policy's budget from the first attempt
+    info: PrefillInfo | None = None  # a discovery's result, once REGISTERED
 
     @property
     def terminal(self) -> bool:
@@ -50,6 +53,10 @@ class Snapshot:
         """JSON-ready. With ``now`` (same clock), the wait until the next attempt too."""
         out = asdict(self)
         out["state"] = self.state.value
+        if self.kind == "discovery":
+            out["info"] = None if self.info is None else self.info.to_dict()
+        else:
+            del out["info"]
         out["elapsed_s"] = self.elapsed_s
         if now is not None:
             out["seconds_to_next_attempt"] = self.seconds_to_next_attempt(now)

@@ -24,7 +24,7 @@ import requests
 from coordinator import BootstrapServer, FakeClock, Registration, RetryPolicy
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import example_payload
-from coordinator.simulate import NullLogger, Scenario, draw_trials, simulate
+from coordinator.simulate import Scenario, draw_trials, simulate
 from states import State
 
 _REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "refused"))
@@ -80,13 +80,13 @@ class _Instant:
 
 def bench_transitions(registrations: int, refusals: int = 9) -> dict[str, float]:
     """Construction, and driving (per transition), of Registrations on a FakeClock."""
-    payload, logger, policy = example_payload(), NullLogger(), RetryPolicy()
+    payload, policy = example_payload(), RetryPolicy()
     regs: list[tuple[Registration, FakeClock]] = []
     began = time.perf_counter()
     for _ in range(registrations):
         clock = FakeClock()
         reg = Registration("http://127.0.0.1:8998/route", payload, policy=policy, clock=clock,
-                           transport=_Instant(refusals), logger=logger)
+                           transport=_Instant(refusals), hooks=())
         regs.append((reg, clock))
     built = time.perf_counter() - began
     transitions = 0

@@ -8,7 +8,7 @@ import pytest
 from transitions import MachineError
 
 from coordinator import diagram
-from coordinator.registration import build_machine
+from coordinator.driver import build_machine
 from states import GUARDS, TERMINAL, TRANSITIONS, State, Trigger, Verdict
 
 

@@ -1,0 +1,362 @@
+"""The driver: a transitions.Machine built from the ``states`` table, stepped between effects.
+
+Only the driver (``poll``, ``run`` or the background thread) fires triggers; the
+machine's callbacks do nothing, and every effect (the attempt's I/O, sleeping, the
+snapshot swap, the hooks) happens here between events. Readers only read the
+snapshot. A subclass says what one attempt is (:class:`~coordinator.Registration`:
+a PUT; :class:`~coordinator.Discovery`: a lookup round) and nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
+
+from transitions import Machine
+
+from coordinator.clock import Clock, Rng, SystemClock, entropy_rng
+from coordinator.instrumentation import AttemptRecord, Hook, Record, TransitionRecord, default_hooks
+from coordinator.outcome import Cause, Failure, Outcome
+from coordinator.policy import Decision, Lane, Reason, RetryPolicy
+from coordinator.prefill_info import PrefillInfo
+from coordinator.snapshot import Snapshot
+from coordinator.transport import cause_of
+from states import GUARDS, TERMINAL, TRANSITIONS, State, Trigger, Verdict
+
+Listener = Callable[[Snapshot], None]
+_log = logging.getLogger("coordinator")
+_sources = itertools.count(1)
+
+
+class StartupFailed(RuntimeError):
+    """Raised by ``run()`` (with ``on_exhausted="raise"``) when the driver ends FAILED."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.reason = snapshot.reason
+        self.cause = snapshot.last_error
+        last = f"HTTP {snapshot.last_status}" if snapshot.last_status is not None else str(snapshot.last_error)
+        if snapshot.last_error is not None and snapshot.last_status is not None:
+            last += f" ({snapshot.last_error})"
+        super().__init__(
+            f"{snapshot.kind} to {snapshot.url} failed ({snapshot.reason}) after "
+            f"{snapshot.attempt} attempt(s); last: {last}"
+        )
+
+
+def build_machine(model: object) -> Machine:
+    """A plain Machine from the table: no auto transitions, no callbacks, guards from ``states``."""
+    return Machine(
+        model=model,
+        states=list(State),
+        initial=State.INIT,
+        transitions=[
+            {
+                "trigger": t.trigger.value,
+                "source": t.source,
+                "dest": t.dest,
+                "conditions": [GUARDS[t.guard]] if t.guard else [],
+            }
+            for t in TRANSITIONS
+        ],
+        auto_transitions=False,
+    )
+
+
+class _Model:
+    state: State
+    trigger: Callable[..., bool]
+
+
+class Driver:
+    """Drives one startup machine by ``policy``; see :class:`~coordinator.Registration`.
+
+    ``run()`` blocks until REGISTERED or FAILED; ``poll()`` takes one step (an attempt
+    blocks at most for its timeout; backoff is never waited on); ``start()`` runs it
+    on a daemon thread. ``snapshot()`` may be called from any thread at any time.
+    """
+
+    kind: ClassVar[str]
+    failure: ClassVar[type[StartupFailed]] = StartupFailed
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        policy: RetryPolicy | None,
+        clock: Clock | None,
+        rng: Rng | None,
+        logger: Any,
+        hooks: Sequence[Hook] | None,
+        on_exhausted: Literal["raise", "return"],
+        name: str | None,
+    ) -> None:
+        if policy is None:
+            policy = RetryPolicy()
+        if not isinstance(policy, RetryPolicy):
+            raise TypeError(f"policy must be a RetryPolicy, got {type(policy).__name__}")
+        if on_exhausted not in ("raise", "return"):
+            raise ValueError(f"on_exhausted must be 'raise' or 'return', got {on_exhausted!r}")
+        if clock is not None and not (callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep", None))):
+            raise TypeError(f"clock must have now() and sleep(), got {type(clock).__name__}")
+        if rng is not None and not callable(getattr(rng, "random", None)):
+            raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        if hooks is not None:
+            if logger is not None:
+                raise ValueError("logger configures the default hooks: with hooks=, pass instrumentation.LogHook(logger)")
+            hooks = list(hooks)
+            for hook in hooks:
+                if not callable(hook):
+                    raise TypeError(f"hooks: each hook must be callable, got {type(hook).__name__}")
+        self._url = url
+        self._policy = policy
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._rng = rng if rng is not None else entropy_rng()
+        self._on_exhausted = on_exhausted
+        self.name = name
+        self._hooks: tuple[Hook, ...] = tuple(default_hooks(logger) if hooks is None else hooks)
+        self._source = next(_sources)
+
+        self._model = _Model()
+        self._machine = build_machine(self._model)
+        self._drive = threading.Lock()
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listeners: list[Listener] = []
+        self._lane_failures: dict[Lane, int] = {}
+        self._attempt = 0
+        self._started_at: float | None = None
+        self._next_attempt_at: float | None = None
+        self._last_status: int | None = None
+        self._last_error: Cause | None = None
+        self._reason: str | None = None
+        self._info: PrefillInfo | None = None
+        self._snapshot = self._make_snapshot(self._clock.now(), seq=0)
+
+    # -- what a subclass provides -----------------------------------------------
+
+    def _perform(self, timeout: float) -> Outcome:
+        """One attempt, bounded by ``timeout`` seconds; every failure is an Outcome."""
+        raise NotImplementedError
+
+    def _abort(self) -> None:
+        """Cut the attempt in flight short (from any thread)."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release the attempt's resources: the driver reached a terminal state."""
+        raise NotImplementedError
+
+    # -- readers (any thread) -------------------------------------------------
+
+    def __repr__(self) -> str:
+        s = self._snapshot
+        return f"<{type(self).__name__} {self._url} {s.state.value} attempt={s.attempt}>"
+
+    @property
+    def state(self) -> State:
+        return self._snapshot.state
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._policy
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def hooks(self) -> tuple[Hook, ...]:
+        return self._hooks
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(snapshot)`` on the driver thread after every step that changed it."""
+        self._listeners.append(listener)
+
+    # -- driving --------------------------------------------------------------
+
+    def poll(self) -> Snapshot:
+        """Take at most one step; never waits on a backoff."""
+        with self._drive:
+            self._step()
+            return self._snapshot
+
+    def run(self) -> Snapshot:
+        """Drive to REGISTERED or FAILED; with ``on_exhausted="raise"``, FAILED raises."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.kind} runs in the background: use wait()")
+        snapshot = self._run_to_end()
+        if snapshot.state is State.FAILED and self._on_exhausted == "raise":
+            raise self.failure(snapshot)
+        return snapshot
+
+    def start(self) -> Any:  # Self, for the subclass
+        """Run on a named daemon thread and return at once."""
+        with self._drive:
+            if self._thread is not None:
+                raise RuntimeError(f"{self.kind} already started")
+            self._thread = threading.Thread(
+                target=self._run_to_end,
+                name=f"prefill-startup-{self.name or self.kind}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> Snapshot:
+        """The terminal snapshot, or the current one when ``timeout`` expires first."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self._snapshot
+
+    def stop(self, timeout: float | None = None) -> Snapshot:
+        """Cancel: the driver ends FAILED with reason "cancelled" unless already terminal."""
+        self._cancel.set()
+        self._abort()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        elif self._drive.acquire(blocking=False):
+            # No driver running: this thread may take the cancelling step itself.
+            try:
+                self._step()
+            finally:
+                self._drive.release()
+        return self._snapshot
+
+    def _run_to_end(self) -> Snapshot:
+        while True:
+            with self._drive:
+                self._step()
+                snapshot = self._snapshot
+            if snapshot.terminal:
+                return snapshot
+            if snapshot.state is State.BACKOFF and snapshot.next_attempt_at is not None:
+                wait = snapshot.next_attempt_at - self._clock.now()
+                if wait > 0 and not self._cancel.is_set():
+                    self._clock.sleep(wait, self._cancel)
+
+    def _step(self) -> None:
+        state = self._model.state
+        if state in TERMINAL:
+            return
+        now = self._clock.now()
+        if self._cancel.is_set():
+            self._fail(now, Reason.CANCELLED)
+        elif state is State.INIT:
+            self._started_at = now
+            self._fire(Trigger.START, now)
+        elif state is State.REGISTERING:
+            self._attempt_once(now)
+        elif state is State.BACKOFF:
+            self._fire(Trigger.TIMER, now, now=now, due_at=self._next_attempt_at)
+
+    def _fire(self, trigger: Trigger, at: float, attempt: tuple[Outcome, Decision, float] | None = None,
+              **event: Any) -> None:
+        before = self._model.state
+        if not self._model.trigger(trigger.value, **event):
+            return  # a guard held (the timer is not due yet)
+        after = self._model.state
+        if after is not State.BACKOFF:
+            self._next_attempt_at = None
+        self._snapshot = snapshot = self._make_snapshot(at, self._snapshot.seq + 1)
+        if snapshot.terminal:
+            self._close()
+        if attempt is not None:
+            outcome, decision, began = attempt
+            self._emit(AttemptRecord(self._source, snapshot, outcome, decision, began, at))
+        self._emit(TransitionRecord(self._source, snapshot, trigger, before, after))
+        for listener in list(self._listeners):
+            try:
+                listener(snapshot)
+            except Exception as exc:  # noqa: BLE001 - a listener's bug must not stop the driver
+                self._report("listener_error", listener, exc)
+
+    def _emit(self, record: Record) -> None:
+        for hook in self._hooks:
+            try:
+                hook(record)
+            except Exception as exc:  # noqa: BLE001 - a hook's bug must not stop the driver
+                self._report("hook_error", hook, exc)
+
+    def _report(self, what: str, culprit: object, exc: Exception) -> None:
+        # Straight to stdlib logging: the hooks themselves may be what is broken.
+        fields = {"event": f"{self.kind}.{what}", what.split("_")[0]: repr(culprit), "url": self._url,
+                  "error": str(cause_of(exc))}
+        _log.error(" ".join(f"{k}={v!r}" if k != "event" else v for k, v in fields.items()),
+                   extra={"structlog": fields})
+
+    def _attempt_once(self, now: float) -> None:
+        assert self._started_at is not None
+        timeout = self._policy.attempt_timeout(now - self._started_at)
+        if timeout <= 0:
+            self._fail(now, Reason.DEADLINE)
+            return
+        self._attempt += 1
+        try:
+            outcome = self._perform(timeout)
+        except Exception as exc:  # noqa: BLE001 - a custom transport's bug must not kill the driver
+            outcome = Outcome.of_failure(Failure.INTERNAL, cause_of(exc))
+        after = self._clock.now()
+        self._last_status = outcome.status
+        self._last_error = outcome.cause
+        if outcome.failure is Failure.CANCELLED:
+            self._reason = Reason.CANCELLED.value
+            decision = Decision(Verdict.GIVE_UP, Reason.CANCELLED)
+            self._fire(Trigger.CANCEL, after, (outcome, decision, now))
+            return
+        try:
+            decision = self._policy.decide(
+                outcome,
+                attempt=self._attempt,
+                lane_failures=self._lane_failures,
+                elapsed_s=after - self._started_at,
+                now=after,
+                rng=self._rng,
+            )
+        except Exception as exc:  # noqa: BLE001 - a policy bug must not strand the machine mid-attempt
+            self._last_error = cause_of(exc)
+            decision = Decision(Verdict.GIVE_UP, Reason.PERMANENT)
+        if decision.verdict is Verdict.RETRY:
+            assert decision.lane is not None and decision.delay_s is not None
+            self._lane_failures[decision.lane] = self._lane_failures.get(decision.lane, 0) + 1
+            self._next_attempt_at = after + decision.delay_s
+        else:
+            self._reason = decision.reason.value
+        self._fire(Trigger.ATTEMPT_DONE, after, (outcome, decision, now), verdict=decision.verdict)
+
+    def _fail(self, now: float, reason: Reason) -> None:
+        self._reason = reason.value
+        trigger = Trigger.CANCEL if reason is Reason.CANCELLED else Trigger.ATTEMPT_DONE
+        self._fire(trigger, now, verdict=Verdict.GIVE_UP)
+
+    def _make_snapshot(self, now: float, seq: int) -> Snapshot:
+        return Snapshot(
+            state=self._model.state,
+            url=self._url,
+            attempt=self._attempt,
+            max_attempts=self._policy.max_attempts,
+            started_at=self._started_at,
+            state_since=now,  # a snapshot is made per transition
+            next_attempt_at=self._next_attempt_at,
+            last_status=self._last_status,
+            last_error=self._last_error,
+            reason=self._reason,
+            taken_at=now,
+            seq=seq,
+            name=self.name,
+            kind=self.kind,
+            deadline_s=self._policy.deadline_s,
+            info=self._info,
+        )
