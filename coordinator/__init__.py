@@ -5,9 +5,12 @@ The public API is what this module names; everything else is private to the pack
 
 from coordinator.address import bootstrap_url
 from coordinator.clock import Clock, FakeClock, SystemClock
+from coordinator.discovery import Discovery, DiscoveryFailed
+from coordinator.driver import StartupFailed
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import PayloadError, validate_payload
 from coordinator.policy import Backoff, Lane, Reason, RetryPolicy
+from coordinator.prefill_info import PrefillInfo
 from coordinator.registration import Registration, RegistrationFailed
 from coordinator.snapshot import Snapshot
 
@@ -16,16 +19,20 @@ __all__ = [
     "BootstrapServer",
     "Cause",
     "Clock",
+    "Discovery",
+    "DiscoveryFailed",
     "FakeClock",
     "Failure",
     "Lane",
     "Outcome",
     "PayloadError",
+    "PrefillInfo",
     "Reason",
     "Registration",
     "RegistrationFailed",
     "RetryPolicy",
     "Snapshot",
+    "StartupFailed",
     "SystemClock",
     "bootstrap_url",
     "validate_payload",

@@ -36,7 +36,8 @@ def split_host_port(addr: str, field: str = "address") -> tuple[str, int]:
     return host, check_port(port, field)
 
 
-def _url_host(host: str) -> str:
+def url_host(host: str) -> str:
+    """``host`` as written in a URL: an IPv6 address in brackets."""
     try:
         if ipaddress.ip_address(host).version == 6:
             return f"[{host}]"
@@ -60,7 +61,7 @@ def bootstrap_url(host: str, port: int, dist_init_addr: str | None = None) -> st
     if any(c in host for c in "/?#@ "):
         raise ValueError(f"host is not a host name or IP address: {host!r}")
     host = _WILDCARDS.get(host, host)
-    return f"http://{_url_host(host)}:{port}/route"
+    return f"http://{url_host(host)}:{port}/route"
 
 
 def check_url(url: object) -> str:

@@ -117,7 +117,8 @@ class RetryPolicy:
     attempt_timeout_s: float = 5.0
     refused: Backoff | None = field(default_factory=lambda: Backoff(0.1, 0.5))
     trouble: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
-    pending: Backoff = field(default_factory=lambda: Backoff(0.1, 0.5))
+    # Capped below 0.5 s so a decode instance sees a complete prefill within 0.5 s of its last rank.
+    pending: Backoff = field(default_factory=lambda: Backoff(0.1, 0.4))
     jitter: float = 0.5
     honor_retry_after: bool = True
     # The two below exist to reproduce upstream (sglang_pr25125); keep them off.

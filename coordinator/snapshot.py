@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from coordinator.outcome import Cause
@@ -51,12 +51,11 @@ class Snapshot:
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         """JSON-ready. With ``now`` (same clock), the wait until the next attempt too."""
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "info"}
         out["state"] = self.state.value
+        out["last_error"] = None if self.last_error is None else asdict(self.last_error)
         if self.kind == "discovery":
             out["info"] = None if self.info is None else self.info.to_dict()
-        else:
-            del out["info"]
         out["elapsed_s"] = self.elapsed_s
         if now is not None:
             out["seconds_to_next_attempt"] = self.seconds_to_next_attempt(now)

@@ -33,6 +33,16 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+class LookupTransport(Protocol):
+    """What a discovery needs: one GET, its body whole (up to 64 KiB) in ``Outcome.body``."""
+
+    def get(self, url: str, timeout: float) -> Outcome: ...
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and its ``__cause__``/``__context__`` ancestors, outermost first."""
     out = [exc]
@@ -182,6 +192,7 @@ class HttpTransport:
             session.mount("https://", adapter)
         self._session = session
         self._headers = {"Content-Type": "application/json"}
+        self._get_headers: dict[str, str] = {}  # lookups are open upstream: never send the token
         if token is not None:
             self._headers["Authorization"] = f"Bearer {token}"
 
@@ -198,13 +209,21 @@ class HttpTransport:
         self._watch.cut(Failure.CANCELLED)
 
     def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
+        """One PUT; ``Outcome.body`` holds an excerpt of the answer, for messages."""
+        return self._request("PUT", url, body, timeout, _EXCERPT_CHARS)
+
+    def get(self, url: str, timeout: float) -> Outcome:
+        """One GET; ``Outcome.body`` holds the answer (at most 64 KiB), to be parsed."""
+        return self._request("GET", url, None, timeout, MAX_BODY_BYTES)
+
+    def _request(self, method: str, url: str, body: bytes | None, timeout: float, keep: int) -> Outcome:
         self._watch.arm()
         # The total limit: per-read socket timeouts alone let a trickling server go on forever.
         watchdog = threading.Timer(timeout, self._watch.cut, (Failure.TIMEOUT,))
         watchdog.daemon = True
         watchdog.start()
         try:
-            return self._put(url, body, timeout)
+            return self._send(method, url, body, timeout, keep)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an Outcome
             ending = self._watch.ending
             if ending is Failure.TIMEOUT:
@@ -217,11 +236,12 @@ class HttpTransport:
             watchdog.cancel()
             self._watch.attach(None)
 
-    def _put(self, url: str, body: bytes, timeout: float) -> Outcome:
-        response = self._session.put(
+    def _send(self, method: str, url: str, body: bytes | None, timeout: float, keep: int) -> Outcome:
+        response = self._session.request(
+            method,
             url,
             data=body,
-            headers=self._headers,
+            headers=self._headers if body is not None else self._get_headers,
             timeout=timeout,
             allow_redirects=False,
             stream=True,
@@ -236,7 +256,7 @@ class HttpTransport:
                 response.close()
         return Outcome.of_status(
             response.status_code,
-            data[:_EXCERPT_CHARS * 4].decode("utf-8", "replace")[:_EXCERPT_CHARS],
+            data[:keep * 4].decode("utf-8", "replace")[:keep],
             retry_after=response.headers.get("Retry-After"),
             date=response.headers.get("Date"),
         )

@@ -1,0 +1,205 @@
+"""The decode side: wait until a prefill instance is complete, and learn its topology.
+
+The same machine as :class:`~coordinator.Registration`, read from the decode side:
+REGISTERING is a lookup round in flight, BACKOFF a wait, REGISTERED means *the
+prefill instance this decode instance waits for is registered* (its topology, and
+the addresses of the target ranks, are in :attr:`Discovery.info`), FAILED gave up.
+
+One attempt is a lookup round: ``GET /route`` with all four query values ``-1``
+(the topology; 503 until every prefill rank registered), then one ``GET /route``
+per target rank not yet resolved (404 while that rank is unknown). "Not yet"
+answers go to the policy's ``pending`` lane; a topology that disagrees with
+``expect``, or an answer that is not what the protocol says, ends FAILED at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any, Literal
+from urllib.parse import urlencode, urlsplit
+
+import requests
+
+from coordinator.address import check_url, split_host_port, url_host
+from coordinator.clock import Clock, Rng
+from coordinator.driver import Driver, StartupFailed
+from coordinator.instrumentation import Hook
+from coordinator.outcome import Cause, Failure, Outcome
+from coordinator.policy import RetryPolicy
+from coordinator.prefill_info import (
+    TOPOLOGY_FIELDS,
+    Address,
+    AnswerError,
+    PrefillInfo,
+    RankKey,
+    mismatch,
+    parse_rank,
+    parse_topology,
+)
+from coordinator.transport import HttpTransport, LookupTransport
+
+_QUERY = ("prefill_dp_rank", "prefill_cp_rank", "target_tp_rank", "target_pp_rank")
+_TOPOLOGY_QUERY = urlencode(dict.fromkeys(_QUERY, -1))
+# A decode instance may start long before its prefill instance has loaded its model.
+DEFAULT_DEADLINE_S = 600.0
+
+
+class DiscoveryFailed(StartupFailed):
+    """Raised by ``Discovery.run()`` (with ``on_exhausted="raise"``) when it ends FAILED."""
+
+
+def _base_url(bootstrap: object) -> str:
+    """``host:port``, ``[v6]:port`` or an http(s) URL → ``http://host:port`` (no path)."""
+    if not isinstance(bootstrap, str):
+        raise TypeError(f"bootstrap must be a str, got {type(bootstrap).__name__}")
+    if "://" in bootstrap:
+        parts = urlsplit(check_url(bootstrap))
+        if parts.path.rstrip("/") not in ("", "/route") or parts.query or parts.fragment:
+            raise ValueError(f"bootstrap URL must be the server's base (or /route), got {bootstrap!r}")
+        return f"{parts.scheme}://{parts.netloc}"
+    host, port = split_host_port(bootstrap, "bootstrap")
+    return check_url(f"http://{url_host(host)}:{port}")
+
+
+def _check_targets(targets: Iterable[Any] | None) -> tuple[RankKey, ...]:
+    if targets is None:
+        return ()
+    out: list[RankKey] = []
+    for t in targets:
+        if (not isinstance(t, (tuple, list)) or len(t) != 4
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in t)):
+            raise ValueError(f"targets: each must be (dp, cp, tp, pp) of integers >= 0, got {t!r}")
+        out.append((t[0], t[1], t[2], t[3]))
+    return tuple(dict.fromkeys(out))
+
+
+def _check_expect(expect: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if expect is None:
+        return MappingProxyType({})
+    if not isinstance(expect, Mapping):
+        raise TypeError(f"expect must be a mapping, got {type(expect).__name__}")
+    for name, value in expect.items():
+        kind = TOPOLOGY_FIELDS.get(name)
+        if kind is None:
+            raise ValueError(f"expect: unknown topology field {name!r}; known: {', '.join(TOPOLOGY_FIELDS)}")
+        if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
+            raise TypeError(f"expect[{name!r}] must be {kind.__name__}, got {type(value).__name__}")
+    return MappingProxyType(dict(expect))
+
+
+def _invalid(status: int, problem: str) -> Outcome:
+    return Outcome(status=status, failure=Failure.INVALID, cause=Cause("InvalidAnswer", problem))
+
+
+def _pending(answer: Outcome, what: str) -> Outcome:
+    return Outcome(status=answer.status, body=answer.body, retry_after=answer.retry_after, date=answer.date,
+                   failure=Failure.PENDING, cause=Cause("NotYet", what))
+
+
+class Discovery(Driver):
+    """Wait for the prefill instance behind ``bootstrap`` and learn its topology.
+
+    ``bootstrap``: ``host:port`` (IPv6 in brackets) or a URL. ``targets``: ranks
+    ``(dp, cp, tp, pp)`` whose addresses to resolve. ``expect``: topology values this
+    decode instance needs (e.g. ``{"page_size": 64, "kv_cache_dtype": "auto"}``); a
+    topology that disagrees ends FAILED (``permanent``) naming the field and both values.
+    Default policy: :class:`RetryPolicy` with a 600 s deadline.
+    """
+
+    kind = "discovery"
+    failure = DiscoveryFailed
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        policy: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        rng: Rng | None = None,
+        session: requests.Session | None = None,
+        logger: Any = None,
+        hooks: Sequence[Hook] | None = None,
+        targets: Iterable[tuple[int, int, int, int]] | None = None,
+        expect: Mapping[str, Any] | None = None,
+        on_exhausted: Literal["raise", "return"] = "raise",
+        name: str | None = None,
+        transport: LookupTransport | None = None,
+    ) -> None:
+        base = _base_url(bootstrap)
+        self._targets = _check_targets(targets)
+        self._expect = _check_expect(expect)
+        if transport is not None and session is not None:
+            raise ValueError("transport excludes session: configure the transport itself")
+        if policy is None:
+            policy = RetryPolicy(deadline_s=DEFAULT_DEADLINE_S)
+        super().__init__(f"{base}/route", policy=policy, clock=clock, rng=rng, logger=logger, hooks=hooks,
+                         on_exhausted=on_exhausted, name=name if name is not None else urlsplit(base).netloc)
+        self._transport: LookupTransport = transport or HttpTransport(session)
+        self._topology: PrefillInfo | None = None
+        self._ranks: dict[RankKey, Address] = {}
+
+    def start(self) -> Discovery:
+        super().start()
+        return self
+
+    @property
+    def info(self) -> PrefillInfo | None:
+        """The prefill instance's topology and target addresses; None until REGISTERED."""
+        return self._snapshot.info
+
+    @property
+    def targets(self) -> tuple[RankKey, ...]:
+        return self._targets
+
+    def _abort(self) -> None:
+        self._transport.abort()
+
+    def _close(self) -> None:
+        self._transport.close()
+
+    def _perform(self, timeout: float) -> Outcome:
+        ends = self._clock.now() + timeout  # one budget for the whole round
+        if self._topology is None:
+            answer = self._transport.get(f"{self._url}?{_TOPOLOGY_QUERY}", timeout)
+            if answer.status == 503:
+                return _pending(answer, "prefill ranks are still registering")
+            if answer.status != 200 or answer.failure is not None:
+                return answer
+            try:
+                topology = parse_topology(answer.body)
+            except AnswerError as exc:
+                return _invalid(200, f"topology {exc}")
+            problem = mismatch(topology, self._expect) or self._outside(topology)
+            if problem is not None:
+                return _invalid(200, problem)
+            self._topology = topology
+        for key in self._targets:
+            if key in self._ranks:
+                continue
+            if self._cancel.is_set():  # stop() between two lookups: the next one would not see it
+                return Outcome.of_failure(Failure.CANCELLED, Cause("Cancelled", "stop() was called"))
+            left = ends - self._clock.now()
+            if left <= 0:
+                return Outcome.of_failure(Failure.TIMEOUT, Cause("TimeoutError", f"lookup round over {timeout:.3g} s"))
+            query = urlencode(dict(zip(_QUERY, key)))
+            answer = self._transport.get(f"{self._url}?{query}", left)
+            if answer.status in (404, 503):  # the topology says it exists: not registered yet
+                return _pending(answer, f"rank {key} not registered yet")
+            if answer.status != 200 or answer.failure is not None:
+                return answer
+            try:
+                self._ranks[key] = parse_rank(answer.body)
+            except AnswerError as exc:
+                return _invalid(200, f"rank {key}: {exc}")
+        self._info = replace(self._topology, ranks=MappingProxyType(dict(self._ranks)))
+        return Outcome.of_status(200)
+
+    def _outside(self, topology: PrefillInfo) -> str | None:
+        for key in self._targets:
+            if not topology.has_rank(key):
+                return (f"target {key} is outside the prefill topology (dp_size={topology.dp_size}, "
+                        f"attn_cp_size={topology.attn_cp_size}, attn_tp_size={topology.attn_tp_size}, "
+                        f"pp_size={topology.pp_size})")
+        return None
