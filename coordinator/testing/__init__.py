@@ -1,0 +1,11 @@
+"""A testing kit for code that embeds this library: script outcomes, drive on a fake clock.
+
+``FakeClock`` (virtual time), ``ScriptedTransport`` (outcomes from a list) and, for
+tests on real sockets, ``FaultServer``. With pytest, the fixtures ``fake_clock`` and
+``scripted_registration`` come from this package's plugin (registered automatically).
+"""
+
+from coordinator.clock import FakeClock
+from coordinator.testing._scripted import Call, ScriptedTransport, ScriptExhausted, Step
+
+__all__ = ["Call", "FakeClock", "ScriptExhausted", "ScriptedTransport", "Step"]
