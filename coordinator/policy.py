@@ -108,8 +108,10 @@ class RetryPolicy:
 
     Delays: retry ``n`` in a lane sleeps ``envelope(n) * (1 - jitter * u)``, ``u`` uniform
     in [0, 1) from the injected ``random.Random``; the jitter stays at the cap so ranks
-    that failed together never line up again. A ``Retry-After`` is a floor: clamped to
-    the lane's cap ``b``, the sleep lies in ``[b, b + jitter * max(b, initial_s)]``.
+    that failed together never line up again. A ``Retry-After`` of ``r`` seconds is a
+    floor: the sleep lies in ``[r, r + jitter * max(r, initial_s)]``, moved down to end
+    at the lane's cap when it would pass it (so ``cap_s`` bounds every sleep, and a huge
+    ``Retry-After`` sleeps in ``[cap_s * (1 - jitter), cap_s]``).
     """
 
     max_attempts: int | None = None
@@ -195,8 +197,12 @@ class RetryPolicy:
         """The interval retry ``n`` of ``lane`` sleeps in, before the deadline clamp."""
         backoff = self.backoff(lane)
         if retry_after is not None and self.honor_retry_after:
+            # The cap is a cap, Retry-After included; the spread is kept whole by moving it
+            # below the cap, so ranks told "come back later" together do not come back together.
             floor = min(retry_after, backoff.cap_s)
-            return floor, floor + self.jitter * max(floor, backoff.initial_s)
+            spread = self.jitter * max(floor, backoff.initial_s)
+            high = min(backoff.cap_s, floor + spread)
+            return max(0.0, high - spread), high
         top = backoff.envelope(n)
         return top * (1 - self.jitter), top
 

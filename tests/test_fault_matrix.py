@@ -298,8 +298,8 @@ DATE = "Wed, 21 Oct 2015 07:28:00 GMT"
     [
         pytest.param(503, {"Retry-After": "7"}, 7.0, 7.0 * 1.5, id="seconds"),
         pytest.param(429, {"Retry-After": "4"}, 4.0, 4.0 * 1.5, id="seconds-429"),
-        pytest.param(503, {"Retry-After": "86400"}, 30.0, 45.0, id="huge-clamped-to-trouble-cap"),
-        pytest.param(503, {"Retry-After": "9" * 400}, 30.0, 45.0, id="overflowing-digits-clamped"),
+        pytest.param(503, {"Retry-After": "86400"}, 15.0, 30.0, id="huge-clamped-to-trouble-cap"),
+        pytest.param(503, {"Retry-After": "9" * 400}, 15.0, 30.0, id="overflowing-digits-clamped"),
         pytest.param(503, {"Date": DATE, "Retry-After": "Wed, 21 Oct 2015 07:28:12 GMT"}, 12.0, 18.0,
                      id="http-date-vs-date-header"),
         pytest.param(503, {"Date": DATE, "Retry-After": "Wed, 21 Oct 2015 07:27:00 GMT"}, 0.0, 0.5,

@@ -121,8 +121,10 @@ def test_retry_after_seconds_is_a_floor_clamped_to_cap_and_jittered() -> None:
     policy = RetryPolicy()
     draws = [decide(policy, status(503, retry_after="7"), seed=s).delay_s for s in range(100)]
     assert all(7.0 <= d <= 7.0 * 1.5 for d in draws) and len(set(draws)) > 90
-    huge = decide(policy, status(429, retry_after="86400")).delay_s
-    assert 30.0 <= huge <= 45.0
+    huge = [decide(policy, status(429, retry_after="86400"), seed=s).delay_s for s in range(100)]
+    assert all(15.0 <= d <= 30.0 for d in huge) and len(set(huge)) > 90  # the cap holds, jitter below it
+    near = [decide(policy, status(503, retry_after="25"), seed=s).delay_s for s in range(100)]
+    assert all(15.0 <= d <= 30.0 for d in near)  # 25 s + 12.5 s of spread, moved below the cap
 
 
 def test_retry_after_http_date_is_measured_against_the_response_date() -> None:
@@ -188,3 +190,14 @@ def test_invalid_policy_names_the_field(kwargs, field) -> None:  # type: ignore[
 def test_invalid_backoff_names_the_field(args, field) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=field):
         Backoff(*args)
+
+
+@pytest.mark.parametrize("ra", ["0", "1", "7", "29", "30", "31", "99999", "9" * 400])
+@pytest.mark.parametrize("lane_status", [503, 429])
+def test_no_sleep_exceeds_the_lane_cap_under_any_retry_after(ra: str, lane_status: int) -> None:
+    policy = RetryPolicy()
+    for failures in (0, 3, 50):
+        for seed in range(50):
+            d = policy.decide(status(lane_status, retry_after=ra), attempt=1, lane_failures={Lane.TROUBLE: failures},
+                              elapsed_s=0.0, now=0.0, rng=random.Random(seed))
+            assert d.delay_s is not None and d.delay_s <= policy.trouble.cap_s

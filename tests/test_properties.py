@@ -440,14 +440,20 @@ def test_envelope_never_shrinks_and_stays_under_the_cap(backoff: Backoff, n: int
 @settings(max_examples=200, deadline=None)
 @given(policy=policies.map(lambda p: dataclasses.replace(p, honor_retry_after=True, clock_jitter=False)), code=st.sampled_from([429, 503]),
        ra=st.integers(0, 10**6), failures=st.integers(0, 50), seed=st.integers(0, 2**32 - 1))
-def test_retry_after_is_a_floor(policy: RetryPolicy, code: int, ra: int, failures: int, seed: int) -> None:
+def test_retry_after_is_a_floor_below_the_cap(policy: RetryPolicy, code: int, ra: int, failures: int,
+                                              seed: int) -> None:
     policy = dataclasses.replace(policy, deadline_s=None, max_attempts=None)
     d = policy.decide(Outcome.of_status(code, retry_after=str(ra)), attempt=1,
                       lane_failures={Lane.TROUBLE: failures}, elapsed_s=0.0, now=0.0, rng=random.Random(seed))
     cap, initial = policy.trouble.cap_s, policy.trouble.initial_s
     floor = min(ra, cap)
+    spread = policy.jitter * max(floor, initial)
     assert d.verdict is Verdict.RETRY
-    assert floor <= d.delay_s <= floor + policy.jitter * max(floor, initial)
+    assert d.delay_s <= cap  # the cap is a cap, whatever the server says
+    if floor + spread <= cap:
+        assert floor <= d.delay_s <= floor + spread
+    else:  # the spread moved below the cap, kept whole
+        assert cap - spread <= d.delay_s
 
 
 @settings(max_examples=200, deadline=None)
