@@ -20,7 +20,7 @@ from transitions import Machine
 from coordinator.clock import Clock, Rng, SystemClock, entropy_rng
 from coordinator.instrumentation import AttemptRecord, Hook, Record, TransitionRecord, default_hooks
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.policy import Decision, Lane, Reason, RetryPolicy
+from coordinator.policy import NO_FAILURES, Decision, Reason, RetryPolicy
 from coordinator.prefill_info import PrefillInfo
 from coordinator.snapshot import Snapshot
 from coordinator.transport import cause_of
@@ -128,7 +128,7 @@ class Driver:
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Listener] = []
-        self._lane_failures: dict[Lane, int] = {}
+        self._lanes = NO_FAILURES
         self._attempt = 0
         self._started_at: float | None = None
         self._next_attempt_at: float | None = None
@@ -322,7 +322,7 @@ class Driver:
             decision = self._policy.decide(
                 outcome,
                 attempt=self._attempt,
-                lane_failures=self._lane_failures,
+                lane_failures=self._lanes,
                 elapsed_s=after - self._started_at,
                 now=after,
                 rng=self._rng,
@@ -331,8 +331,8 @@ class Driver:
             self._last_error = cause_of(exc)
             decision = Decision(Verdict.GIVE_UP, Reason.PERMANENT)
         if decision.verdict is Verdict.RETRY:
-            assert decision.lane is not None and decision.delay_s is not None
-            self._lane_failures[decision.lane] = self._lane_failures.get(decision.lane, 0) + 1
+            assert decision.delay_s is not None
+            self._lanes = decision.lanes
             self._next_attempt_at = after + decision.delay_s
         else:
             self._reason = decision.reason.value

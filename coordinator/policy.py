@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import Enum
@@ -74,12 +74,43 @@ class Backoff:
             return self.cap_s
 
 
+class LaneCounts(Mapping[Lane, int]):
+    """Failures so far in each lane. Immutable: each retry decision carries the next value."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self, counts: Mapping[Lane, int] | None = None) -> None:
+        self._counts = {lane: n for lane, n in (counts or {}).items() if n}
+
+    def __getitem__(self, lane: Lane) -> int:
+        return self._counts[lane]
+
+    def __iter__(self) -> Iterator[Lane]:
+        return iter(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._counts.items()))
+
+    def __repr__(self) -> str:
+        return f"LaneCounts({ {lane.value: n for lane, n in self._counts.items()} })"
+
+    def plus_one(self, lane: Lane) -> LaneCounts:
+        return LaneCounts({**self._counts, lane: self._counts.get(lane, 0) + 1})
+
+
+NO_FAILURES = LaneCounts()
+
+
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
     reason: Reason
     lane: Lane | None = None
     delay_s: float | None = None
+    lanes: LaneCounts = NO_FAILURES  # the counts to pass with the next attempt
 
 
 def retry_after_seconds(outcome: Outcome) -> float | None:
@@ -218,8 +249,9 @@ class RetryPolicy:
     ) -> Decision:
         """What follows attempt number ``attempt`` (1-based) that produced ``outcome``.
 
-        ``lane_failures`` counts earlier failures per lane; ``elapsed_s`` is the time
-        since the first attempt began; ``now`` feeds only upstream's clock jitter.
+        ``lane_failures`` counts earlier failures per lane (the previous decision's
+        ``lanes``); ``elapsed_s`` is the time since the first attempt began; ``now``
+        feeds only upstream's clock jitter.
         """
         if outcome.status == 200 and outcome.failure is None:
             return Decision(Verdict.REGISTERED, Reason.REGISTERED)
@@ -245,4 +277,5 @@ class RetryPolicy:
             if room < _MIN_SLEEP_S:
                 return Decision(Verdict.GIVE_UP, Reason.DEADLINE, lane)
             delay = min(delay, room)
-        return Decision(Verdict.RETRY, Reason.RETRY, lane, delay)
+        lanes = lane_failures if isinstance(lane_failures, LaneCounts) else LaneCounts(lane_failures)
+        return Decision(Verdict.RETRY, Reason.RETRY, lane, delay, lanes.plus_one(lane))

@@ -201,3 +201,14 @@ def test_no_sleep_exceeds_the_lane_cap_under_any_retry_after(ra: str, lane_statu
             d = policy.decide(status(lane_status, retry_after=ra), attempt=1, lane_failures={Lane.TROUBLE: failures},
                               elapsed_s=0.0, now=0.0, rng=random.Random(seed))
             assert d.delay_s is not None and d.delay_s <= policy.trouble.cap_s
+
+
+def test_lane_counts_are_a_value_the_decision_hands_on() -> None:
+    from coordinator.policy import NO_FAILURES
+
+    first = decide(RetryPolicy(), REFUSED)
+    second = RetryPolicy().decide(status(503), attempt=2, lane_failures=first.lanes, elapsed_s=0.1, now=0.1,
+                                  rng=random.Random(0))
+    assert dict(first.lanes) == {Lane.REFUSED: 1} and dict(NO_FAILURES) == {}
+    assert dict(second.lanes) == {Lane.REFUSED: 1, Lane.TROUBLE: 1}
+    assert dict(first.lanes) == {Lane.REFUSED: 1}  # unchanged: a new value per decision
