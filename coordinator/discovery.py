@@ -153,6 +153,11 @@ class Discovery(Driver):
     def targets(self) -> tuple[RankKey, ...]:
         return self._targets
 
+    @property
+    def transport(self) -> LookupTransport:
+        """What the attempts go through (a test's ``ScriptedTransport`` records its calls)."""
+        return self._transport
+
     def _abort(self) -> None:
         self._transport.abort()
 

@@ -74,6 +74,11 @@ class Registration(Driver):
     def _perform(self, timeout: float) -> Outcome:
         return self._transport.attempt(self._url, self._body, timeout)
 
+    @property
+    def transport(self) -> Transport:
+        """What the attempts go through (a test's ``ScriptedTransport`` records its calls)."""
+        return self._transport
+
     def _abort(self) -> None:
         self._transport.abort()
 

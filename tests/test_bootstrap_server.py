@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from coordinator.bootstrap_server import MAX_BODY_BYTES, BootstrapServer
-from faultserver import ipv6_available
+from coordinator.testing.faultserver import ipv6_available
 from coordinator.payload import PayloadError, example_payload, validate_payload
 
 TOKEN = "s3cret-t0ken"

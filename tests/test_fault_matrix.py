@@ -27,7 +27,7 @@ from coordinator.payload import example_payload
 from coordinator.transport import HttpTransport
 from states import State
 
-from faultserver import (
+from coordinator.testing.faultserver import (
     FaultServer,
     close_without_answer,
     forward,

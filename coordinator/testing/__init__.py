@@ -7,5 +7,7 @@ tests on real sockets, ``FaultServer``. With pytest, the fixtures ``fake_clock``
 
 from coordinator.clock import FakeClock
 from coordinator.testing._scripted import Call, ScriptedTransport, ScriptExhausted, Step
+from coordinator.testing.faultserver import FaultServer, free_port, ipv6_available
 
-__all__ = ["Call", "FakeClock", "ScriptExhausted", "ScriptedTransport", "Step"]
+__all__ = ["Call", "FakeClock", "FaultServer", "ScriptExhausted", "ScriptedTransport", "Step", "free_port",
+           "ipv6_available"]

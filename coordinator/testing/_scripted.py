@@ -31,7 +31,7 @@ def to_outcome(step: Step) -> Outcome:
         return _FAILURES[step]
     if isinstance(step, int) and not isinstance(step, bool):
         return Outcome.of_status(step, "OK" if step == 200 else "")
-    if isinstance(step, tuple) and len(step) in (2, 3) and isinstance(step[0], int):
+    if isinstance(step, tuple) and len(step) in (2, 3) and isinstance(step[0], int) and isinstance(step[1], Mapping):
         headers = {k.lower(): v for k, v in step[1].items()}
         body = step[2] if len(step) == 3 else ""
         return Outcome.of_status(step[0], body, retry_after=headers.get("retry-after"), date=headers.get("date"))
