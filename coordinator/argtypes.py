@@ -1,35 +1,42 @@
-"""argparse value types shared by the CLI and the simulator: bad values exit 2, naming the option."""
+"""argparse value types: the rules of :mod:`coordinator.validate`, as argparse wants them.
+
+argparse names the option in its error ("argument --deadline: ..."), and exits 2.
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
+from collections.abc import Callable
+from typing import TypeVar
 
-from coordinator.address import check_port
+from coordinator import validate
 
-
-def positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+T = TypeVar("T")
 
 
-def count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _argtype(check: Callable[[str], T], name: str) -> Callable[[str], T]:
+    def parse(text: str) -> T:
+        try:
+            return check(text)
+        except ValueError as exc:
+            # The rule's message starts with the field; argparse supplies the option name.
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("value").strip()) from None
+
+    parse.__name__ = name  # argparse's "invalid <name> value" fallback
+    return parse
 
 
-def port(text: str) -> int:
-    try:
-        return check_port(int(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+positive = _argtype(lambda t: validate.number(t, "value", positive=True), "positive")
+non_negative = _argtype(lambda t: validate.number(t, "value", positive=False), "non_negative")
+port = _argtype(lambda t: validate.port_text(t, "value"), "port")
+bind_port = _argtype(lambda t: validate.port_text(t, "value", allow_zero=True), "bind_port")
+
+
+def _count(text: str) -> int:
+    n = validate.digits(text, "value")
+    if n < 1:
+        raise ValueError(f"value must be >= 1, got {n}")
+    return n
+
+
+count = _argtype(_count, "count")

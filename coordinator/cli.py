@@ -22,7 +22,8 @@ import requests
 import structlog
 
 from coordinator import diagram, health, simulate
-from coordinator.address import bootstrap_url, split_host_port
+from coordinator import validate
+from coordinator.address import bootstrap_url
 from coordinator.argtypes import count, port, positive
 from coordinator.bootstrap_server import BootstrapServer
 from coordinator.clock import SystemClock
@@ -127,7 +128,7 @@ def _load_payload(args: argparse.Namespace) -> Any:
 
 def _register(args: argparse.Namespace) -> int:
     try:
-        host, port = split_host_port(args.bootstrap, "--bootstrap")
+        host, port = validate.host_port(args.bootstrap, "--bootstrap")
         url = bootstrap_url(host, port, args.dist_init_addr)
         registration = Registration(
             url,

@@ -22,7 +22,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from coordinator.address import check_url, split_host_port, url_host
+from coordinator import validate
 from coordinator.clock import Clock, Rng
 from coordinator.driver import Driver, StartupFailed
 from coordinator.instrumentation import Hook
@@ -55,12 +55,12 @@ def _base_url(bootstrap: object) -> str:
     if not isinstance(bootstrap, str):
         raise TypeError(f"bootstrap must be a str, got {type(bootstrap).__name__}")
     if "://" in bootstrap:
-        parts = urlsplit(check_url(bootstrap))
+        parts = urlsplit(validate.url(bootstrap, "bootstrap"))
         if parts.path.rstrip("/") not in ("", "/route") or parts.query or parts.fragment:
             raise ValueError(f"bootstrap URL must be the server's base (or /route), got {bootstrap!r}")
         return f"{parts.scheme}://{parts.netloc}"
-    host, port = split_host_port(bootstrap, "bootstrap")
-    return check_url(f"http://{url_host(host)}:{port}")
+    host, port = validate.host_port(bootstrap, "bootstrap")
+    return f"http://{validate.url_host(host)}:{port}"
 
 
 def _check_targets(targets: Iterable[Any] | None) -> tuple[RankKey, ...]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from coordinator.address import check_port
+from coordinator import validate
 from coordinator.snapshot import Snapshot
 from states import State
 
@@ -148,7 +148,7 @@ def serve(
     if not regs:
         raise ValueError("registration: at least one is needed")
     if port != 0:
-        check_port(port, "port")
+        validate.port(port, "port")
     server_cls = _Server6 if ":" in host else _Server
     server = server_cls((host, port), _Handler)
     server.registrations = regs

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import Enum
 
-from coordinator.checks import finite
+from coordinator.validate import finite
 from coordinator.clock import Rng
 from coordinator.outcome import Failure, Outcome
 from states import Verdict
@@ -53,7 +53,7 @@ class Backoff:
     def __post_init__(self) -> None:
         for name in ("initial_s", "cap_s", "multiplier"):
             # Stored as floats, so Backoff(1, 30) and Backoff(1.0, 30.0) are the same value.
-            object.__setattr__(self, name, finite("Backoff", name, getattr(self, name), positive=True))
+            object.__setattr__(self, name, finite(f"Backoff.{name}", getattr(self, name), positive=True))
         if self.cap_s < self.initial_s:
             raise ValueError(
                 f"Backoff.cap_s ({self.cap_s}) must be >= initial_s ({self.initial_s})"
@@ -166,13 +166,13 @@ class RetryPolicy:
             if self.max_attempts < 1:
                 raise ValueError(f"{owner}.max_attempts must be >= 1, got {self.max_attempts}")
         if self.deadline_s is not None:
-            finite(owner, "deadline_s", self.deadline_s, positive=True)
-        finite(owner, "attempt_timeout_s", self.attempt_timeout_s, positive=True)
+            finite(f"{owner}.deadline_s", self.deadline_s, positive=True)
+        finite(f"{owner}.attempt_timeout_s", self.attempt_timeout_s, positive=True)
         for name in ("refused", "trouble", "pending"):
             lane = getattr(self, name)
             if not isinstance(lane, Backoff) and not (name == "refused" and lane is None):
                 raise TypeError(f"{owner}.{name} must be a Backoff, got {type(lane).__name__}")
-        finite(owner, "jitter", self.jitter, positive=False)
+        finite(f"{owner}.jitter", self.jitter, positive=False)
         if self.jitter > 1:
             raise ValueError(f"{owner}.jitter must be in [0, 1], got {self.jitter}")
 

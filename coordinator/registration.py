@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import requests
 
-from coordinator.address import check_url
+from coordinator import validate
 from coordinator.clock import Clock, Rng
 from coordinator.driver import Driver, StartupFailed
 from coordinator.instrumentation import Hook
@@ -19,16 +19,6 @@ from coordinator.transport import HttpTransport, Transport
 
 class RegistrationFailed(StartupFailed):
     """Raised by ``Registration.run()`` (with ``on_exhausted="raise"``) when it ends FAILED."""
-
-
-def _check_token(token: object) -> str | None:
-    if token is None:
-        return None
-    # Visible ASCII only (RFC 6750's b64token is narrower): anything else would fail
-    # inside http.client with an error message that quotes the header, token and all.
-    if not isinstance(token, str) or not token or not all(33 <= ord(c) <= 126 for c in token):
-        raise ValueError("token must be a non-empty string of visible ASCII characters")
-    return token
 
 
 class Registration(Driver):
@@ -58,11 +48,11 @@ class Registration(Driver):
         transport: Transport | None = None,
         name: str | None = None,
     ) -> None:
-        url = check_url(url)
+        url = validate.url(url)
         self._body = encode_payload(validate_payload(payload))
         if transport is not None and (session is not None or token is not None):
             raise ValueError("transport excludes session and token: configure the transport itself")
-        token = _check_token(token)
+        token = None if token is None else validate.token(token)
         super().__init__(url, policy=policy, clock=clock, rng=rng, logger=logger, hooks=hooks,
                          on_exhausted=on_exhausted, name=name)
         self._transport: Transport = transport or HttpTransport(session, token=token)

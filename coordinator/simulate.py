@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from coordinator.argtypes import count
-from coordinator.checks import finite
+from coordinator.validate import finite
 from coordinator.clock import FakeClock, SystemClock, seeded_rng
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import example_payload
@@ -76,11 +76,11 @@ class Scenario:
     def __post_init__(self) -> None:
         if not isinstance(self.late_start, tuple) or len(self.late_start) != 2:
             raise TypeError("Scenario.late_start must be a (min, max) tuple")
-        low, high = (finite("Scenario", "late_start", v, positive=False) for v in self.late_start)
+        low, high = (finite("Scenario.late_start", v, positive=False) for v in self.late_start)
         if low > high:
             raise ValueError(f"Scenario.late_start min ({low}) must be <= max ({high})")
         for name in ("unavailable_s", "hang_s", "start_window_s", "latency_s"):
-            finite("Scenario", name, getattr(self, name), positive=False)
+            finite(f"Scenario.{name}", getattr(self, name), positive=False)
         if self.capacity is not None:
             if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
                 raise TypeError(f"Scenario.capacity must be an int or None, got {type(self.capacity).__name__}")

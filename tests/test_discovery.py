@@ -174,7 +174,7 @@ def test_bootstrap_forms(bootstrap, url) -> None:  # type: ignore[no-untyped-def
 @pytest.mark.parametrize("kwargs,field", [
     ({"bootstrap": "nohost"}, "bootstrap"),
     ({"bootstrap": "h:0"}, "bootstrap"),
-    ({"bootstrap": "ftp://h:1"}, "url"),
+    ({"bootstrap": "ftp://h:1"}, "bootstrap"),
     ({"bootstrap": "http://h:1/other"}, "bootstrap"),
     ({"targets": [(0, 0, 0)]}, "targets"),
     ({"targets": [(0, 0, -1, 0)]}, "targets"),
