@@ -42,8 +42,9 @@ class Outcome:
     cause: Cause | None = None
 
     @classmethod
-    def of_status(cls, status: int, body: str = "", **headers: str | None) -> Outcome:
-        return cls(status=status, body=body, **headers)
+    def of_status(cls, status: int, body: str = "", *, retry_after: str | None = None,
+                  date: str | None = None) -> Outcome:
+        return cls(status=status, body=body, retry_after=retry_after, date=date)
 
     @classmethod
     def of_failure(cls, failure: Failure, cause: Cause) -> Outcome:

@@ -61,7 +61,9 @@ class PrometheusHook:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         if registry is None:
-            from prometheus_client import REGISTRY as registry
+            from prometheus_client import REGISTRY
+
+            registry = REGISTRY
         self.registry = registry
         self._f = _families(registry)
 

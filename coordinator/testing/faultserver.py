@@ -77,7 +77,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (connecting to it is refused)."""
     with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass
