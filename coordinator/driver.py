@@ -47,7 +47,7 @@ class StartupFailed(RuntimeError):
         )
 
 
-def build_machine(model: object) -> Machine:
+def build_machine(model: object = None) -> Machine:
     """A plain Machine from the table: no auto transitions, no callbacks, guards from ``states``."""
     return Machine(
         model=model,
@@ -66,9 +66,21 @@ def build_machine(model: object) -> Machine:
     )
 
 
+# One Machine for every driver of the process. A driver's model is never added to it
+# (add_model scans a list and keeps the model alive until remove_model): the model
+# fires the Machine's events itself. Events hold no per-model state, so drivers on
+# different threads may fire at once.
+_MACHINE = build_machine()
+
+
 class _Model:
-    state: State
-    trigger: Callable[..., bool]
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = State.INIT
+
+    def trigger(self, name: str, **event: Any) -> bool:
+        return bool(_MACHINE.events[name].trigger(self, **event))
 
 
 class Driver:
@@ -123,7 +135,6 @@ class Driver:
         self._source = next(_sources)
 
         self._model = _Model()
-        self._machine = build_machine(self._model)
         self._drive = threading.Lock()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None

@@ -346,3 +346,21 @@ def test_ipv6_loopback(payload) -> None:  # type: ignore[no-untyped-def]
     with BootstrapServer("::1") as server:
         snap = Registration(bootstrap_url("::1", server.port), payload, clock=FakeClock()).run()
         assert snap.state is State.REGISTERED and server.registered_count == 1
+
+
+def test_nothing_keeps_a_terminal_registration_alive(payload) -> None:  # type: ignore[no-untyped-def]
+    import gc
+    import weakref
+
+    from coordinator.driver import _MACHINE
+
+    refs = []
+    for i in range(50):  # default hooks (logs, metrics) included
+        reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(REFUSED, status(200)),
+                           name=f"rank{i}")
+        reg.run()
+        refs.append(weakref.ref(reg))
+    del reg
+    gc.collect()
+    assert [r for r in refs if r() is not None] == []
+    assert _MACHINE.models == []  # one Machine for the process; drivers never join its model list
