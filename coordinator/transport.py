@@ -9,15 +9,18 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from coordinator.clock import SystemClock
 from coordinator.outcome import Cause, Failure, Outcome
 
+# Socket deadlines are real time, whatever clock the driver runs on (tests use a fake one).
+_REAL_TIME = SystemClock()
 MAX_BODY_BYTES = 64 * 1024  # read no more of an answer than this
 _EXCERPT_CHARS = 1024
 
@@ -99,19 +102,38 @@ class _Watch:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._timer: threading.Timer | None = None
         self.ending: Failure | None = None  # why the attempt in flight is being cut short
+        self.timeout = 0.0
+        self.deadline = 0.0  # on _REAL_TIME: when the attempt in flight must be over
 
-    def arm(self) -> None:
+    def arm(self, timeout: float) -> None:
         with self._lock:
             self._sock, self.ending = None, None
+            self.timeout, self.deadline = timeout, _REAL_TIME.now() + timeout
 
     def attach(self, sock: socket.socket | None) -> None:
         with self._lock:
             self._sock = sock
+            if sock is not None and self.ending is None and self.expired:
+                self.ending = Failure.TIMEOUT  # resolving took it all: send nothing
             ending = self.ending
+            if sock is not None and not isinstance(sock, _DeadlineSocket) and self._timer is None:
+                # A TLS socket cannot be adopted: a timer thread enforces the total limit.
+                self._timer = threading.Timer(max(0.0, self.deadline - _REAL_TIME.now()), self.cut,
+                                              (Failure.TIMEOUT,))
+                self._timer.daemon = True
+                self._timer.start()
+            elif sock is None and self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         if ending is not None:
             # Cut while resolving or connecting, where nothing could be interrupted.
             _shutdown(sock)
+
+    @property
+    def expired(self) -> bool:
+        return _REAL_TIME.now() >= self.deadline
 
     def cut(self, why: Failure) -> None:
         with self._lock:
@@ -124,6 +146,41 @@ class _Watch:
     def busy(self) -> bool:
         with self._lock:
             return self._sock is not None
+
+
+class _DeadlineSocket(socket.socket):
+    """A TCP socket whose every read waits at most what is left of the attempt's total
+    limit: a server trickling one byte per read timeout cannot stretch an attempt, and
+    no thread is needed to enforce it."""
+
+    _watch: _Watch
+    _read_timeout: float | None
+
+    @classmethod
+    def adopt(cls, sock: socket.socket, watch: _Watch) -> _DeadlineSocket:
+        timeout = sock.gettimeout()
+        adopted = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        adopted._watch = watch
+        adopted.settimeout(timeout)
+        return adopted
+
+    def settimeout(self, value: float | None) -> None:
+        self._read_timeout = value  # urllib3's per-read timeout, within the total limit
+        super().settimeout(value)
+
+    def _bound(self) -> None:
+        left = self._watch.deadline - _REAL_TIME.now()
+        if left <= 0:
+            raise TimeoutError(f"no complete answer within {self._watch.timeout:.3g} s")
+        super().settimeout(left if self._read_timeout is None else min(self._read_timeout, left))
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._bound()
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._bound()
+        return super().recv_into(buffer, nbytes, flags)
 
 
 def _shutdown(sock: socket.socket | None) -> None:
@@ -140,6 +197,8 @@ def _watched(base: type[HTTPConnectionPool], watch: _Watch) -> type[HTTPConnecti
 
     def connect(self) -> None:  # type: ignore[no-untyped-def]
         conn_base.connect(self)
+        if type(self.sock) is socket.socket:  # plain TCP; a TLS socket is left as it is
+            self.sock = _DeadlineSocket.adopt(self.sock, watch)
         watch.attach(self.sock)
 
     def _get_conn(self: HTTPConnectionPool, timeout: float | None = None):  # type: ignore[no-untyped-def]
@@ -217,23 +276,21 @@ class HttpTransport:
         return self._request("GET", url, None, timeout, MAX_BODY_BYTES)
 
     def _request(self, method: str, url: str, body: bytes | None, timeout: float, keep: int) -> Outcome:
-        self._watch.arm()
         # The total limit: per-read socket timeouts alone let a trickling server go on forever.
-        watchdog = threading.Timer(timeout, self._watch.cut, (Failure.TIMEOUT,))
-        watchdog.daemon = True
-        watchdog.start()
+        self._watch.arm(timeout)
         try:
             return self._send(method, url, body, timeout, keep)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an Outcome
             ending = self._watch.ending
-            if ending is Failure.TIMEOUT:
+            failure = classify_exception(exc)
+            # Past the limit, whatever broke last (a late DNS error, a read cut short): a timeout.
+            if ending is Failure.TIMEOUT or (ending is None and self._watch.expired):
                 cause = Cause("TimeoutError", f"no complete answer within {timeout:.3g} s")
                 return Outcome.of_failure(Failure.TIMEOUT, cause)
             if ending is Failure.CANCELLED:
                 return Outcome.of_failure(Failure.CANCELLED, Cause("Cancelled", "stop() was called"))
-            return Outcome.of_failure(classify_exception(exc), cause_of(exc))
+            return Outcome.of_failure(failure, cause_of(exc))
         finally:
-            watchdog.cancel()
             self._watch.attach(None)
 
     def _send(self, method: str, url: str, body: bytes | None, timeout: float, keep: int) -> Outcome:
