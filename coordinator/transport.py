@@ -14,6 +14,8 @@ from typing import Any, Protocol
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3 import PoolManager
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from coordinator.clock import SystemClock
@@ -192,22 +194,61 @@ def _shutdown(sock: socket.socket | None) -> None:
         pass  # already closed: the attempt is ending anyway
 
 
-def _watched(base: type[HTTPConnectionPool], watch: _Watch) -> type[HTTPConnectionPool]:
-    conn_base = base.ConnectionCls
+class _WatchedConnection:
+    """Mixin for urllib3 connections: adopt the fresh socket, show it to the watch."""
 
-    def connect(self) -> None:  # type: ignore[no-untyped-def]
-        conn_base.connect(self)
+    watch: _Watch
+    sock: socket.socket
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
         if type(self.sock) is socket.socket:  # plain TCP; a TLS socket is left as it is
-            self.sock = _DeadlineSocket.adopt(self.sock, watch)
-        watch.attach(self.sock)
+            self.sock = _DeadlineSocket.adopt(self.sock, self.watch)
+        self.watch.attach(self.sock)
 
-    def _get_conn(self: HTTPConnectionPool, timeout: float | None = None):  # type: ignore[no-untyped-def]
-        conn = base._get_conn(self, timeout)
-        watch.attach(getattr(conn, "sock", None))  # a pooled, already connected socket
+
+class _WatchedHTTPConnection(_WatchedConnection, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
+    pass
+
+
+class _WatchedPool:
+    """Mixin for urllib3 pools: hand the watch to new connections, and show it pooled sockets."""
+
+    watch: _Watch
+
+    def _new_conn(self) -> Any:
+        conn = super()._new_conn()  # type: ignore[misc]
+        conn.watch = self.watch
         return conn
 
-    conn_cls = type(f"_Watched{conn_base.__name__}", (conn_base,), {"connect": connect})
-    return type(f"_Watched{base.__name__}", (base,), {"_get_conn": _get_conn, "ConnectionCls": conn_cls})
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        self.watch.attach(getattr(conn, "sock", None))  # a pooled, already connected socket
+        return conn
+
+
+class _WatchedHTTPPool(_WatchedPool, HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(_WatchedPool, HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedPoolManager(PoolManager):
+    def __init__(self, watch: _Watch, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.watch = watch
+        self.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+    def _new_pool(self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None) -> Any:
+        pool = super()._new_pool(scheme, host, port, request_context)
+        pool.watch = self.watch
+        return pool
 
 
 class _AbortableAdapter(HTTPAdapter):
@@ -215,12 +256,11 @@ class _AbortableAdapter(HTTPAdapter):
         self._watch = watch
         super().__init__(max_retries=0)
 
-    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _watched(HTTPConnectionPool, self._watch),
-            "https": _watched(HTTPSConnectionPool, self._watch),
-        }
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        # What HTTPAdapter does, with pools whose connections the watch can cut short.
+        self._pool_connections, self._pool_maxsize, self._pool_block = connections, maxsize, block
+        self.poolmanager = _WatchedPoolManager(self._watch, num_pools=connections, maxsize=maxsize, block=block,
+                                               **pool_kwargs)
 
 
 class _NoRedirectSession(requests.Session):
