@@ -246,7 +246,7 @@ class _WatchedPoolManager(PoolManager):
         self.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
     def _new_pool(self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None) -> Any:
-        pool = super()._new_pool(scheme, host, port, request_context)
+        pool: Any = super()._new_pool(scheme, host, port, request_context)
         pool.watch = self.watch
         return pool
 
