@@ -10,7 +10,6 @@ a PUT; :class:`~coordinator.Discovery`: a lookup round) and nothing else.
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
@@ -19,6 +18,7 @@ from transitions import Machine
 
 from coordinator.clock import Clock, Rng, SystemClock, entropy_rng
 from coordinator.instrumentation import AttemptRecord, Hook, Record, TransitionRecord, default_hooks
+from coordinator.instrumentation._log import default_logger
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.policy import NO_FAILURES, Decision, Reason, RetryPolicy
 from coordinator.prefill_info import PrefillInfo
@@ -27,7 +27,6 @@ from coordinator.transport import cause_of
 from states import GUARDS, TERMINAL, TRANSITIONS, State, Trigger, Verdict
 
 Listener = Callable[[Snapshot], None]
-_log = logging.getLogger("coordinator")
 _sources = itertools.count(1)
 
 
@@ -303,10 +302,8 @@ class Driver:
 
     def _report(self, what: str, culprit: object, exc: Exception) -> None:
         # Straight to stdlib logging: the hooks themselves may be what is broken.
-        fields = {"event": f"{self.kind}.{what}", what.split("_")[0]: repr(culprit), "url": self._url,
-                  "error": str(cause_of(exc))}
-        _log.error(" ".join(f"{k}={v!r}" if k != "event" else v for k, v in fields.items()),
-                   extra={"structlog": fields})
+        fields = {what.split("_")[0]: repr(culprit), "url": self._url, "error": str(cause_of(exc))}
+        default_logger().error(f"{self.kind}.{what}", **fields)
 
     def _attempt_once(self, now: float) -> None:
         assert self._started_at is not None

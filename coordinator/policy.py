@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from enum import Enum
 
 from coordinator.validate import finite
@@ -126,6 +125,8 @@ def retry_after_seconds(outcome: Outcome) -> float | None:
         return float(value)
     if not outcome.date:
         return None
+    from email.utils import parsedate_to_datetime  # the rare HTTP-date form: not worth 9 ms at import
+
     try:
         delta = parsedate_to_datetime(value) - parsedate_to_datetime(outcome.date)
     except (TypeError, ValueError, OverflowError):

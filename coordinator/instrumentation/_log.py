@@ -1,19 +1,18 @@
-"""The structlog hook: one event per attempt and per state change, library-safe.
+"""The log hook: one structured event per attempt and per state change, library-safe.
 
-Without a ``logger`` the events go to the stdlib logger ``coordinator`` as a readable
-``event key=value ...`` line, with the fields also on the record as
-``record.structlog`` so a handler (such as the CLI's) can render them as it likes;
-nothing is configured globally. Fields are built only for events a level lets through.
+With a ``logger`` (any structlog-style bound logger) the events go there. Without one
+they go to the stdlib logger ``coordinator`` as a readable ``event key=value ...``
+line, with the fields also on the record as ``record.structlog`` so a handler (such
+as the CLI's structlog renderers) can render them as it likes; nothing is configured
+globally. Fields are built only for events the stdlib level lets through.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import structlog
 
 from coordinator.instrumentation._records import AttemptRecord, Record, TransitionRecord
 from coordinator.policy import Reason
@@ -37,19 +36,50 @@ _EAGER_REPEATS = 3
 MAX_WARNINGS = 10
 
 
-def _to_stdlib(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    fields = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in event_dict.items() if k != "event")
-    message = f"{event_dict['event']} {fields}".rstrip()
-    return (message,), {"extra": {"structlog": dict(event_dict)}}
+class StdlibLogger:
+    """A structlog-style bound logger writing to a stdlib logger: each event one readable
+    ``event key=value ...`` line, its fields on the record as ``record.structlog``.
+
+    It does what ``structlog.wrap_logger`` with a level filter and such a processor
+    would, without importing structlog (and, through it, asyncio) into every process
+    that embeds the library.
+    """
+
+    __slots__ = ("_logger", "_context")
+
+    def __init__(self, logger: logging.Logger, context: Mapping[str, Any] | None = None) -> None:
+        self._logger = logger
+        self._context = dict(context or {})
+
+    def bind(self, **fields: Any) -> StdlibLogger:
+        return StdlibLogger(self._logger, {**self._context, **fields})
+
+    def is_enabled_for(self, level: int) -> bool:
+        return self._logger.isEnabledFor(level)
+
+    def _emit(self, level: int, event: str, fields: Mapping[str, Any]) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        event_dict = {"event": event, **self._context, **fields}
+        text = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in event_dict.items() if k != "event")
+        self._logger.log(level, f"{event} {text}".rstrip(), extra={"structlog": event_dict})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit(logging.ERROR, event, fields)
 
 
-def default_logger() -> Any:
-    """A structlog logger writing through stdlib ``logging.getLogger("coordinator")``."""
-    return structlog.wrap_logger(
-        logging.getLogger(LOGGER_NAME),
-        processors=[structlog.stdlib.filter_by_level, _to_stdlib],
-        wrapper_class=structlog.stdlib.BoundLogger,
-    )
+def default_logger() -> StdlibLogger:
+    """Events to stdlib ``logging.getLogger("coordinator")``."""
+    return StdlibLogger(logging.getLogger(LOGGER_NAME))
 
 
 class WarningBudget:
@@ -110,15 +140,16 @@ class LogHook:
     """
 
     def __init__(self, logger: Any = None) -> None:
-        self._stdlib = logging.getLogger(LOGGER_NAME) if logger is None else None
         self._logger = default_logger() if logger is None else logger
         self._drivers: dict[int, _Driver] = {}
 
     def __repr__(self) -> str:
-        return f"LogHook({'stdlib' if self._stdlib else self._logger!r})"
+        return f"LogHook({self._logger!r})"
 
     def _on(self, level: int) -> bool:
-        return self._stdlib is None or self._stdlib.isEnabledFor(level)
+        # A logger that cannot say gets every event, and filters them itself.
+        check = getattr(self._logger, "is_enabled_for", None)
+        return check is None or bool(check(level))
 
     def _driver(self, record: Record) -> _Driver:
         d = self._drivers.get(record.source)
