@@ -27,7 +27,7 @@ from coordinator.clock import Clock, Rng
 from coordinator.driver import Driver, StartupFailed
 from coordinator.instrumentation import Hook
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.policy import RetryPolicy
+from coordinator.policy import Backoff, RetryPolicy
 from coordinator.prefill_info import (
     TOPOLOGY_FIELDS,
     Address,
@@ -44,6 +44,13 @@ _QUERY = ("prefill_dp_rank", "prefill_cp_rank", "target_tp_rank", "target_pp_ran
 _TOPOLOGY_QUERY = urlencode(dict.fromkeys(_QUERY, -1))
 # A decode instance may start long before its prefill instance has loaded its model.
 DEFAULT_DEADLINE_S = 600.0
+
+
+def default_policy() -> RetryPolicy:
+    """A decode instance's wait: up to 600 s, and a server not yet listening polled at the
+    pending pace (0.1 s doubling to 0.4 s), so the lag after the prefill instance is
+    complete stays under 0.5 s. A few decode instances per prefill instance: no storm."""
+    return RetryPolicy(deadline_s=DEFAULT_DEADLINE_S, refused=Backoff(0.1, 0.4))
 
 
 class DiscoveryFailed(StartupFailed):
@@ -105,7 +112,7 @@ class Discovery(Driver):
     ``(dp, cp, tp, pp)`` whose addresses to resolve. ``expect``: topology values this
     decode instance needs (e.g. ``{"page_size": 64, "kv_cache_dtype": "auto"}``); a
     topology that disagrees ends FAILED (``permanent``) naming the field and both values.
-    Default policy: :class:`RetryPolicy` with a 600 s deadline.
+    Default policy: :func:`default_policy`.
     """
 
     kind = "discovery"
@@ -133,7 +140,7 @@ class Discovery(Driver):
         if transport is not None and session is not None:
             raise ValueError("transport excludes session: configure the transport itself")
         if policy is None:
-            policy = RetryPolicy(deadline_s=DEFAULT_DEADLINE_S)
+            policy = default_policy()
         super().__init__(f"{base}/route", policy=policy, clock=clock, rng=rng, logger=logger, hooks=hooks,
                          on_exhausted=on_exhausted, name=name if name is not None else urlsplit(base).netloc)
         self._transport: LookupTransport = transport or HttpTransport(session)

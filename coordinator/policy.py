@@ -48,11 +48,19 @@ class Backoff:
     initial_s: float
     cap_s: float
     multiplier: float = 2.0
+    jitter: float | None = None  # this lane's own jitter; None: the policy's
+    # The first retry in the lane sleeps uniformly in [0, initial_s]: ranks that failed
+    # together take independent phases at once, and keep them at a steady pace.
+    spread_first: bool = False
 
     def __post_init__(self) -> None:
         for name in ("initial_s", "cap_s", "multiplier"):
             # Stored as floats, so Backoff(1, 30) and Backoff(1.0, 30.0) are the same value.
             object.__setattr__(self, name, finite(f"Backoff.{name}", getattr(self, name), positive=True))
+        if self.jitter is not None and finite("Backoff.jitter", self.jitter, positive=False) > 1:
+            raise ValueError(f"Backoff.jitter must be in [0, 1], got {self.jitter}")
+        if not isinstance(self.spread_first, bool):
+            raise TypeError(f"Backoff.spread_first must be a bool, got {type(self.spread_first).__name__}")
         if self.cap_s < self.initial_s:
             raise ValueError(
                 f"Backoff.cap_s ({self.cap_s}) must be >= initial_s ({self.initial_s})"
@@ -149,7 +157,10 @@ class RetryPolicy:
     max_attempts: int | None = None
     deadline_s: float | None = 120.0
     attempt_timeout_s: float = 5.0
-    refused: Backoff | None = field(default_factory=lambda: Backoff(0.1, 0.5))
+    # A random phase first, then a steady 0.5 s: the lag after a late start stays under
+    # 0.5 s, and the first answers when the server comes up are spread as thin as that
+    # allows (scripts/sweep_503.py, the README's Performance section).
+    refused: Backoff | None = field(default_factory=lambda: Backoff(0.5, 0.5, jitter=0.0, spread_first=True))
     trouble: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
     # Capped below 0.5 s so a decode instance sees a complete prefill within 0.5 s of its last rank.
     pending: Backoff = field(default_factory=lambda: Backoff(0.1, 0.4))
@@ -232,11 +243,18 @@ class RetryPolicy:
             # The cap is a cap, Retry-After included; the spread is kept whole by moving it
             # below the cap, so ranks told "come back later" together do not come back together.
             floor = min(retry_after, backoff.cap_s)
-            spread = self.jitter * max(floor, backoff.initial_s)
+            spread = self.jitter_of(lane) * max(floor, backoff.initial_s)
             high = min(backoff.cap_s, floor + spread)
             return max(0.0, high - spread), high
         top = backoff.envelope(n)
-        return top * (1 - self.jitter), top
+        return top * (1 - self.jitter_of(lane, n)), top
+
+    def jitter_of(self, lane: Lane, n: int = 2) -> float:
+        """The jitter of retry ``n`` in ``lane``: the lane's own, else the policy's."""
+        backoff = self.backoff(lane)
+        if n == 1 and backoff.spread_first:
+            return 1.0
+        return self.jitter if backoff.jitter is None else backoff.jitter
 
     def decide(
         self,
@@ -262,7 +280,8 @@ class RetryPolicy:
         if self.max_attempts is not None and attempt >= self.max_attempts:
             return Decision(Verdict.GIVE_UP, Reason.EXHAUSTED, lane)
         ra = retry_after_seconds(outcome) if self.honor_retry_after else None
-        low, high = self.delay_bounds(lane, lane_failures.get(lane, 0) + 1, ra)
+        n = lane_failures.get(lane, 0) + 1
+        low, high = self.delay_bounds(lane, n, ra)
         # Upstream's jitter reads the shared clock (written as upstream writes it, so the
         # figures match to the bit); ours draws from an independent generator.
         if ra is not None:
@@ -270,7 +289,7 @@ class RetryPolicy:
         elif self.clock_jitter:
             delay = high * ((1 - self.jitter) + self.jitter * (now % 1.0))
         else:
-            delay = high * (1 - self.jitter * rng.random())
+            delay = high * (1 - self.jitter_of(lane, n) * rng.random())
         if self.deadline_s is not None:
             room = self.deadline_s - elapsed_s - min(self.attempt_timeout_s, _LAST_ATTEMPT_MIN_S)
             # Sleeping is clamped so one last attempt fits; once that attempt has

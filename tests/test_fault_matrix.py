@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from coordinator import BootstrapServer, FakeClock, Registration, RegistrationFailed, RetryPolicy, Snapshot
+from coordinator import Backoff, BootstrapServer, FakeClock, Registration, RegistrationFailed, RetryPolicy, Snapshot
 from coordinator.outcome import Outcome
 from coordinator.payload import example_payload
 from coordinator.transport import HttpTransport
@@ -46,15 +46,15 @@ from coordinator.testing.faultserver import (
 TIMEOUT_S = 0.3
 MARGIN_S = 0.35  # scheduling slack on a loaded CI machine
 FAST = RetryPolicy(attempt_timeout_s=TIMEOUT_S, deadline_s=60.0)
-LANES = {"refused": (0.1, 0.5), "trouble": (1.0, 30.0)}  # RetryPolicy's default Backoffs
 MB = 1024 * 1024
 
 
-def bounds(lane: str, n: int, jitter: float = 0.5) -> tuple[float, float]:
-    """Where retry ``n`` (1-based) of ``lane`` must sleep under the default Backoffs."""
-    initial, cap = LANES[lane]
-    top = min(cap, initial * 2 ** (n - 1))
-    return top * (1 - jitter), top
+def bounds(lane: str, n: int) -> tuple[float, float]:
+    """Where retry ``n`` (1-based) of ``lane`` must sleep under the default policy."""
+    if lane == "refused":  # a random phase, then a steady half second
+        return (0.0, 0.5) if n == 1 else (0.5, 0.5)
+    top = min(30.0, 2.0 ** (n - 1))  # trouble: 1 s doubling to 30 s, jitter 0.5
+    return top * 0.5, top
 
 
 class TimedTransport:
@@ -206,7 +206,7 @@ def test_refused_then_bootstrap_server_comes_up(h: Harness, k: int) -> None:
 
 def test_never_up_hits_the_deadline(h: Harness) -> None:
     port = free_port()
-    policy = RetryPolicy(attempt_timeout_s=TIMEOUT_S, deadline_s=3.0, jitter=0.0)
+    policy = RetryPolicy(attempt_timeout_s=TIMEOUT_S, deadline_s=3.0, jitter=0.0, refused=Backoff(0.1, 0.5))
     snap = h.run(f"http://127.0.0.1:{port}/route", policy=policy)
     # Refused lane without jitter: 0.1, 0.2, 0.4, then the 0.5 cap; the last sleep is
     # clamped so one last attempt fits before 3.0 - min(0.3, 1.0) = 2.7 s.
@@ -454,7 +454,7 @@ def test_broken_connection_is_retried(h: Harness, fault: Callable[[], Any], erro
 
 
 def test_hanging_server_attempt_timeout_and_deadline(h: Harness) -> None:
-    policy = RetryPolicy(attempt_timeout_s=TIMEOUT_S, deadline_s=3.0, jitter=0.0)
+    policy = RetryPolicy(attempt_timeout_s=TIMEOUT_S, deadline_s=3.0, jitter=0.0, refused=Backoff(0.1, 0.5))
     with FaultServer(hang()) as server:
         snap = h.run(server.url, policy=policy)
         assert server.request_count == 3

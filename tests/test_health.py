@@ -54,7 +54,7 @@ def test_probes_over_http_in_each_state(state: State, payload, http) -> None:  #
     assert {"state", "attempt", "seconds_to_next_attempt", "last_error", "ok"} <= set(livez)
     assert livez["attempt"] == reg.snapshot().attempt
     if state is State.BACKOFF:
-        assert 0 < livez["seconds_to_next_attempt"] <= 0.1
+        assert 0 <= livez["seconds_to_next_attempt"] <= 0.5
         assert livez["last_error"]["type"] == "ConnectionRefusedError"
     else:
         assert livez["seconds_to_next_attempt"] is None

@@ -54,12 +54,20 @@ def test_internal_failure_is_permanent() -> None:
     assert (d.verdict, d.reason) == (Verdict.GIVE_UP, Reason.PERMANENT)
 
 
-def test_refused_polls_fast_and_caps_at_half_a_second() -> None:
+def test_refused_polls_take_a_random_phase_then_a_steady_half_second() -> None:
     policy = RetryPolicy()
-    tops = [policy.delay_bounds(Lane.REFUSED, n)[1] for n in range(1, 8)]
-    assert tops == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5, 0.5, 0.5])
+    assert [policy.delay_bounds(Lane.REFUSED, n) for n in range(1, 5)] == [(0.0, 0.5)] + [(0.5, 0.5)] * 3
+    firsts = [decide(policy, REFUSED, seed=s).delay_s for s in range(200)]
+    assert all(0 < d <= 0.5 for d in firsts) and min(firsts) < 0.05 and max(firsts) > 0.45  # spread whole
     d = decide(policy, REFUSED, failures={Lane.REFUSED: 10})
-    assert d.lane is Lane.REFUSED and 0.25 <= d.delay_s <= 0.5
+    assert d.lane is Lane.REFUSED and d.delay_s == 0.5
+
+
+def test_a_lane_may_have_its_own_jitter() -> None:
+    policy = RetryPolicy(trouble=Backoff(1.0, 30.0, jitter=0.0))
+    assert decide(policy, status(503), failures={Lane.TROUBLE: 3}).delay_s == 8.0
+    with pytest.raises(ValueError, match="Backoff.jitter"):
+        Backoff(1.0, 2.0, jitter=1.5)
 
 
 def test_trouble_lane_doubles_to_thirty_seconds() -> None:

@@ -138,7 +138,7 @@ def test_transition_driven_step_by_step(clock, payload) -> None:  # type: ignore
     assert (snap.state, snap.attempt, len(t.calls)) == (State.BACKOFF, 1, 1)
     assert snap.last_error.type == "ConnectionRefusedError"
     due = snap.next_attempt_at
-    assert 0.05 <= due <= 0.1  # refused lane, first retry
+    assert 0 < due <= 0.5  # refused lane, first retry: a random phase
 
     clock.advance(due / 2)
     assert reg.poll().state is State.BACKOFF  # not due: the timer guard holds
