@@ -40,3 +40,14 @@ def _count(text: str) -> int:
 
 
 count = _argtype(_count, "count")
+
+
+def _target(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise ValueError(f"value must be dp,cp,tp,pp (four integers), got {text!r}")
+    dp, cp, tp, pp = (validate.digits(part, "value") for part in parts)
+    return dp, cp, tp, pp
+
+
+target = _argtype(_target, "target")

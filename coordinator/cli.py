@@ -7,11 +7,13 @@ structured events with structlog's console renderer (on a terminal) or as JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -24,16 +26,19 @@ import structlog
 from coordinator import diagram, health, simulate
 from coordinator import validate
 from coordinator.address import bootstrap_url
-from coordinator.argtypes import count, port, positive
+from coordinator.argtypes import count, port, positive, target
 from coordinator.bootstrap_server import BootstrapServer
 from coordinator.clock import SystemClock
+from coordinator.discovery import DEFAULT_DEADLINE_S as DISCOVERY_DEADLINE_S
+from coordinator.discovery import Discovery
+from coordinator.discovery import default_policy as discovery_policy
 from coordinator.payload import PayloadError, example_payload
 from coordinator.policy import RetryPolicy
 from coordinator.registration import Registration
 from coordinator.snapshot import Snapshot
 from states import State
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 124, 130
 
 
 class _UsageError(Exception):
@@ -91,11 +96,17 @@ def _token_from_env(var: str | None) -> str | None:
     return token
 
 
-def _policy_from(args: argparse.Namespace) -> RetryPolicy:
+def _policy_from(args: argparse.Namespace, base: RetryPolicy | None = None) -> RetryPolicy:
     deadline = None if args.no_deadline else args.deadline
-    return RetryPolicy(
-        max_attempts=args.max_attempts, deadline_s=deadline, attempt_timeout_s=args.attempt_timeout
+    return dataclasses.replace(
+        base or RetryPolicy(),
+        max_attempts=args.max_attempts, deadline_s=deadline, attempt_timeout_s=args.attempt_timeout,
     )
+
+
+def _add_health_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--health-port", type=port, metavar="P", help="serve the probes on P")
+    p.add_argument("--health-host", default="127.0.0.1", help="probe bind address (default 127.0.0.1)")
 
 
 def _add_policy_args(p: argparse.ArgumentParser, *, deadline: float) -> None:
@@ -126,6 +137,16 @@ def _load_payload(args: argparse.Namespace) -> Any:
         raise _UsageError(f"{source} is not valid JSON: {exc}") from None
 
 
+def _serve_probes(args: argparse.Namespace, driver: Registration | Discovery) -> health.HealthServer | None:
+    if args.health_port is None:
+        return None
+    try:
+        return health.serve(driver, host=args.health_host, port=args.health_port)
+    except OSError as exc:  # unresolvable, not this host's, in use
+        raise _UsageError(f"--health-host/--health-port: cannot listen on "
+                          f"{args.health_host}:{args.health_port}: {exc.strerror or exc}") from None
+
+
 def _register(args: argparse.Namespace) -> int:
     try:
         host, port = validate.host_port(args.bootstrap, "--bootstrap")
@@ -139,9 +160,7 @@ def _register(args: argparse.Namespace) -> int:
         )
     except (ValueError, TypeError) as exc:
         raise _UsageError(str(exc)) from None
-    probes = None
-    if args.health_port is not None:
-        probes = health.serve(registration, host=args.health_host, port=args.health_port)
+    probes = _serve_probes(args, registration)
     try:
         snapshot = registration.run()
     except KeyboardInterrupt:
@@ -151,6 +170,49 @@ def _register(args: argparse.Namespace) -> int:
             probes.close()
     print(json.dumps(snapshot.to_dict()))
     return EXIT_OK if snapshot.state is State.REGISTERED else EXIT_FAILED
+
+
+# -- wait ------------------------------------------------------------------------------
+
+
+def _wait(args: argparse.Namespace) -> int:
+    expect: dict[str, Any] = {}
+    if args.expect_page_size is not None:
+        expect["page_size"] = args.expect_page_size
+    if args.expect_kv_cache_dtype is not None:
+        expect["kv_cache_dtype"] = args.expect_kv_cache_dtype
+    try:
+        discovery = Discovery(
+            args.bootstrap,
+            policy=_policy_from(args, discovery_policy()),
+            targets=args.target,
+            expect=expect,
+            on_exhausted="return",
+        )
+    except (ValueError, TypeError) as exc:
+        message = str(exc)  # the library names its argument; the operator typed the flag
+        raise _UsageError("--" + message if message.startswith("bootstrap") else message) from None
+    probes = _serve_probes(args, discovery)
+    try:
+        snapshot = discovery.run()
+    except KeyboardInterrupt:
+        discovery.stop()
+        return EXIT_INTERRUPTED
+    finally:
+        if probes is not None:
+            probes.close()
+    if snapshot.state is not State.REGISTERED or snapshot.info is None:
+        print(json.dumps(snapshot.to_dict()), file=sys.stderr)
+        return EXIT_TIMEOUT if snapshot.reason in ("deadline", "exhausted") else EXIT_FAILED
+    info = json.dumps(snapshot.info.to_dict())
+    print(info, flush=True)
+    if not args.command_argv:
+        return EXIT_OK
+    try:  # the launcher's job is done: the command's status is ours
+        return subprocess.run(args.command_argv, env={**os.environ, "PREFILL_STARTUP_INFO": info}).returncode
+    except OSError as exc:
+        print(f"prefill-startup wait: cannot run {args.command_argv[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
 
 
 # -- bootstrap-server ------------------------------------------------------------
@@ -313,11 +375,25 @@ def build_parser() -> argparse.ArgumentParser:
     src = reg.add_mutually_exclusive_group(required=True)
     src.add_argument("--payload", metavar="JSON", help="the PUT /route body")
     src.add_argument("--payload-file", metavar="F", help="a file holding the PUT /route body")
-    reg.add_argument("--health-port", type=port, metavar="P", help="serve the probes on P")
-    reg.add_argument("--health-host", default="127.0.0.1", help="probe bind address (default 127.0.0.1)")
+    _add_health_args(reg)
     reg.add_argument("--token-env", metavar="VAR", help="send 'Authorization: Bearer $VAR'")
     _add_policy_args(reg, deadline=120.0)
     reg.set_defaults(func=_register)
+
+    wait = sub.add_parser("wait", parents=[common],
+                          help="wait for a prefill instance to be complete (decode side, init containers)",
+                          epilog="after '--', a COMMAND to run once the prefill instance is complete; "
+                                 "exit 0, 1 (permanent failure), 2 (bad input), 124 (deadline), "
+                                 "or COMMAND's status")
+    wait.add_argument("--bootstrap", required=True, metavar="HOST:PORT",
+                      help="the prefill instance's bootstrap server ('[v6]:port' for IPv6, or a URL)")
+    wait.add_argument("--target", type=target, action="append", metavar="DP,CP,TP,PP",
+                      help="a prefill rank whose address to resolve (repeatable)")
+    wait.add_argument("--expect-page-size", type=count, metavar="N", help="fail at once if the prefill's differs")
+    wait.add_argument("--expect-kv-cache-dtype", metavar="D", help="fail at once if the prefill's differs")
+    _add_health_args(wait)
+    _add_policy_args(wait, deadline=DISCOVERY_DEADLINE_S)
+    wait.set_defaults(func=_wait)
 
     bs = sub.add_parser("bootstrap-server", parents=[common], help="run an SGLang-compatible bootstrap server")
     bs.add_argument("--host", default="127.0.0.1")
@@ -338,7 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is a command for "wait" to run, never our options.
+    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if command and args.command != "wait":
+        parser.error(f"'-- COMMAND' is for 'wait', not '{args.command}'")
+    args.command_argv = command
     configure_logging(args.log_format, args.log_level)
     try:
         return int(args.func(args))
