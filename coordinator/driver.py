@@ -283,11 +283,12 @@ class Driver:
         self._snapshot = snapshot = self._make_snapshot(at, self._snapshot.seq + 1)
         if snapshot.terminal:
             self._close()
-        if attempt is not None:
-            outcome, decision, began = attempt
-            self._emit(AttemptRecord(self._source, snapshot, outcome, decision, began, at))
-        self._emit(TransitionRecord(self._source, snapshot, trigger, before, after))
-        for listener in list(self._listeners):
+        if self._hooks:  # no records for nobody (a simulated fleet has no hooks)
+            if attempt is not None:
+                outcome, decision, began = attempt
+                self._emit(AttemptRecord(self._source, snapshot, outcome, decision, began, at))
+            self._emit(TransitionRecord(self._source, snapshot, trigger, before, after))
+        for listener in tuple(self._listeners):
             try:
                 listener(snapshot)
             except Exception as exc:  # noqa: BLE001 - a listener's bug must not stop the driver

@@ -207,6 +207,29 @@ class RetryPolicy:
             clock_jitter=True,
         )
 
+    @classmethod
+    def sglang_decode(cls) -> RetryPolicy:
+        """Upstream's decode-side wait (``_ensure_prefill_info``): one lookup per second,
+        no backoff, no jitter, every failure alike, 15 attempts, then the waiting
+        requests are aborted.
+
+        The model leaves out two things, both in upstream's disfavour: upstream looks
+        only while requests wait, and each lookup blocks the decode scheduler thread for
+        up to its 5 s timeout.
+        """
+        steady = Backoff(1.0, 1.0)
+        return cls(
+            max_attempts=15,
+            deadline_s=None,
+            attempt_timeout_s=5.0,
+            refused=steady,
+            trouble=steady,
+            pending=steady,
+            jitter=0.0,
+            honor_retry_after=False,
+            retry_permanent=True,
+        )
+
     def backoff(self, lane: Lane) -> Backoff:
         if lane is Lane.PENDING:
             return self.pending

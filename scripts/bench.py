@@ -24,7 +24,7 @@ import requests
 from coordinator import BootstrapServer, FakeClock, Registration, RetryPolicy
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import example_payload
-from coordinator.simulate import Scenario, draw_trials, simulate
+from coordinator.sim import Scenario, draw_trials, simulate
 from states import State
 
 _REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "refused"))

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from coordinator import Backoff, RetryPolicy
-from coordinator.simulate import Scenario, simulate
+from coordinator.sim import Scenario, simulate
 
 # The refused lane: (initial s, cap s, its jitter, spread_first). The previous default first.
 CANDIDATES: tuple[tuple[float, float, float, bool], ...] = (

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from coordinator import simulate as sim
+from coordinator import sim
+from coordinator import simulate as cli_sim
 from coordinator.outcome import Outcome
 from coordinator.policy import Decision, RetryPolicy
-from coordinator.simulate import Scenario, compare, draw_trials
+from coordinator.sim import Scenario, compare, draw_trials
 
 
 def fixed(up_at: float, **kw: Any) -> Scenario:
@@ -152,12 +153,12 @@ def test_rank_count_is_bounded_by_the_payload_ports() -> None:
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    sim.add_arguments(parser)
+    cli_sim.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
 def test_run_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
-    assert sim.run(parse("--ranks", "8", "--trials", "2", "--server-up-at", "1", "--json")) == 0
+    assert cli_sim.run(parse("--ranks", "8", "--trials", "2", "--server-up-at", "1", "--json")) == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data["results"]) == {"ours", "upstream"}
     assert data["scenario"]["late_start"] == [1.0, 1.0]
@@ -165,25 +166,25 @@ def test_run_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_run_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert sim.run(parse("--ranks", "4", "--trials", "1", "--late-start", "0", "2")) == 0
+    assert cli_sim.run(parse("--ranks", "4", "--trials", "1", "--late-start", "0", "2")) == 0
     out = capsys.readouterr().out
     assert "ours" in out and "upstream" in out and "registered" in out
 
 
 def test_run_rejects_a_bad_scenario(capsys: pytest.CaptureFixture[str]) -> None:
-    assert sim.run(parse("--late-start", "9", "1")) == 2
+    assert cli_sim.run(parse("--late-start", "9", "1")) == 2
     assert "late_start" in capsys.readouterr().err
 
 
 def test_plot_writes_a_png(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
     path = tmp_path / "sim.png"
-    assert sim.run(parse("--ranks", "8", "--trials", "2", "--late-start", "0", "3", "--plot", str(path))) == 0
+    assert cli_sim.run(parse("--ranks", "8", "--trials", "2", "--late-start", "0", "3", "--plot", str(path))) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_without_matplotlib_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                          tmp_path: Any) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes the import fail
-    assert sim.run(parse("--ranks", "2", "--trials", "1", "--plot", str(tmp_path / "x.png"))) == 2
+    assert cli_sim.run(parse("--ranks", "2", "--trials", "1", "--plot", str(tmp_path / "x.png"))) == 2
     assert "pip install 'prefill-startup[plot]'" in capsys.readouterr().err
