@@ -42,7 +42,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # The server pulls in http.server; a scheduler that only registers need not pay for it.
     if name == "BootstrapServer":
-        from coordinator.bootstrap_server import BootstrapServer
+        from coordinator.server import BootstrapServer
 
         return BootstrapServer
     raise AttributeError(f"module 'coordinator' has no attribute {name!r}")

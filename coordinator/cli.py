@@ -27,7 +27,7 @@ from coordinator import diagram, health, simulate
 from coordinator import validate
 from coordinator.address import bootstrap_url
 from coordinator.argtypes import count, port, positive, target
-from coordinator.bootstrap_server import BootstrapServer
+from coordinator.server import BootstrapServer
 from coordinator.clock import SystemClock
 from coordinator.discovery import DEFAULT_DEADLINE_S as DISCOVERY_DEADLINE_S
 from coordinator.discovery import Discovery

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from coordinator.bootstrap_server import MAX_BODY_BYTES, BootstrapServer
+from coordinator.server import MAX_BODY_BYTES, BootstrapServer
 from coordinator.testing.faultserver import ipv6_available
 from coordinator.payload import PayloadError, example_payload, validate_payload
 
@@ -285,11 +285,11 @@ def test_specific_rank_200_and_404(server: BootstrapServer) -> None:
         ("prefill_dp_rank=0&prefill_cp_rank=0&target_tp_rank=0", "'target_pp_rank' is required"),
         (
             "prefill_dp_rank=0&prefill_cp_rank=x&target_tp_rank=0&target_pp_rank=0",
-            "'prefill_cp_rank' must be an integer, got 'x'",
+            "'prefill_cp_rank' must be an integer in ASCII digits, got 'x'",
         ),
         (
             "prefill_dp_rank=0&prefill_cp_rank=0&target_tp_rank=1.0&target_pp_rank=0",
-            "'target_tp_rank' must be an integer, got '1.0'",
+            "'target_tp_rank' must be an integer in ASCII digits, got '1.0'",
         ),
     ],
 )

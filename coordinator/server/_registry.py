@@ -1,0 +1,114 @@
+"""SGLang's bootstrap registry rules, pure: payloads in, a rank table and a topology out.
+
+No sockets and no logging: :mod:`coordinator.server._http` serves this over HTTP.
+What it fixes from upstream (see the package docstring): readiness counts distinct
+ranks, and a later PUT whose table sizes differ from the first is rejected (409).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+RankKey = tuple[int, int, int, int]  # (dp_group, attn_cp_rank, attn_tp_rank, pp_rank)
+
+
+class Rejected(Exception):
+    """A well-formed PUT the registry refuses; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _dp(p: Mapping[str, Any], kind: str) -> int:
+    # Upstream: the attention-DP value when there is one system DP group, else the system one.
+    return p[f"attn_dp_{kind}"] if p["system_dp_size"] == 1 else p[f"system_dp_{kind}"]
+
+
+def _shape(p: Mapping[str, Any]) -> dict[str, int]:
+    """The payload fields that size the rank table, in the order conflicts are reported."""
+    shape = {f: p[f] for f in ("attn_tp_size", "attn_cp_size", "pp_size", "system_dp_size")}
+    if p["system_dp_size"] == 1:
+        shape["attn_dp_size"] = p["attn_dp_size"]  # only then does it size the dp axis
+    return shape
+
+
+class Registry:
+    """The registered ranks and the topology taken from the first accepted PUT."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._topology: dict[str, Any] | None = None
+        self._shape: dict[str, int] = {}
+        self._layout: Any = None
+        self._ranks: dict[RankKey, dict[str, Any]] = {}
+        self._puts = 0
+
+    def register(self, p: Mapping[str, Any]) -> None:
+        """Store one validated payload, or raise Rejected."""
+        key = (_dp(p, "rank"), p["attn_cp_rank"], p["attn_tp_rank"], p["pp_rank"])
+        with self._lock:
+            if self._topology is None:
+                self._topology = {
+                    "attn_tp_size": p["attn_tp_size"],
+                    "attn_cp_size": p["attn_cp_size"],
+                    "dp_size": _dp(p, "size"),
+                    "pp_size": p["pp_size"],
+                    "page_size": p["page_size"],
+                    "kv_cache_dtype": p["kv_cache_dtype"],
+                    "follow_bootstrap_room": p.get("load_balance_method", "follow_bootstrap_room")
+                    == "follow_bootstrap_room",
+                    "enable_dsa_cache_layer_split": p.get("enable_dsa_cache_layer_split", False),
+                    "prefill_http_port": p.get("prefill_http_port"),
+                }
+                self._shape = _shape(p)
+                self._layout = p.get("dsv41_spec_layout")
+            else:
+                self._check_matches_first(p)
+            self._ranks[key] = {"rank_ip": p["rank_ip"], "rank_port": p["rank_port"]}
+            self._puts += 1
+
+    def _check_matches_first(self, p: Mapping[str, Any]) -> None:
+        layout = p.get("dsv41_spec_layout")
+        if layout != self._layout:  # upstream's one deliberate rejection, kept as a 400
+            raise Rejected(
+                400,
+                f"payload field 'dsv41_spec_layout': {layout!r} differs from "
+                f"{self._layout!r} of the first registration",
+            )
+        for field, first in self._shape.items():
+            if p[field] != first:
+                raise Rejected(
+                    409,
+                    f"payload field {field!r}: {p[field]} conflicts with {first} "
+                    "of the first registration",
+                )
+
+    def _expected(self) -> int | None:  # caller holds the lock
+        t = self._topology
+        if t is None:
+            return None
+        return t["dp_size"] * t["attn_cp_size"] * t["attn_tp_size"] * t["pp_size"]
+
+    def counts(self) -> tuple[int, int | None, int]:
+        """(distinct ranks, expected ranks or None before the first PUT, accepted PUTs)."""
+        with self._lock:
+            return len(self._ranks), self._expected(), self._puts
+
+    def topology(self) -> dict[str, Any] | None:
+        """The topology once every expected rank is registered, else None."""
+        with self._lock:
+            if self._topology is None or len(self._ranks) != self._expected():
+                return None
+            return dict(self._topology)
+
+    def lookup(self, key: RankKey) -> dict[str, Any] | None:
+        with self._lock:
+            info = self._ranks.get(key)
+            return dict(info) if info else None
+
+    def ranks(self) -> dict[RankKey, dict[str, Any]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._ranks.items()}
