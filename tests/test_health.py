@@ -13,10 +13,11 @@ from conftest import REFUSED, ScriptedTransport, status
 URL = "http://127.0.0.1:8998/route"
 
 
-def in_state(target: State, payload: dict) -> Registration:
+def in_state(target: State, payload: dict, name: str | None = None) -> Registration:
     clock = FakeClock(100.0)
     script = {State.REGISTERED: (status(200),), State.FAILED: (status(404, "no route"),)}.get(target, (REFUSED,))
-    reg = Registration(URL, payload, clock=clock, transport=ScriptedTransport(*script), on_exhausted="return")
+    reg = Registration(URL, payload, clock=clock, transport=ScriptedTransport(*script), on_exhausted="return",
+                       name=name)
     steps = {State.INIT: 0, State.REGISTERING: 1, State.BACKOFF: 2, State.REGISTERED: 2, State.FAILED: 2}
     for _ in range(steps[target]):
         reg.poll()
@@ -64,7 +65,7 @@ def test_probes_over_http_in_each_state(state: State, payload, http) -> None:  #
 
 def test_unknown_path_is_404(payload, http) -> None:  # type: ignore[no-untyped-def]
     with health.serve(in_state(State.INIT, payload)) as probes:
-        r = http.get(f"{probes.url}/metrics", timeout=5)
+        r = http.get(f"{probes.url}/nope", timeout=5)
     assert r.status_code == 404 and "/readyz" in r.json()["error"]
 
 
@@ -99,3 +100,115 @@ def test_background_failure_shows_on_the_probes(payload, http) -> None:  # type:
         live = http.get(f"{probes.url}/livez", timeout=5)
     assert snap.state is State.FAILED and live.status_code == 503  # "raise" does not apply off-thread
     assert live.json()["reason"] == "exhausted"
+
+
+# -- ?verbose, ?exclude, /metrics ------------------------------------------------------------
+
+
+def test_verbose_is_kube_apiserver_text(payload, http) -> None:  # type: ignore[no-untyped-def]
+    ok, waiting = in_state(State.REGISTERED, payload, "rank0"), in_state(State.BACKOFF, payload, "rank1")
+    with health.serve([ok, waiting]) as probes:
+        r = http.get(f"{probes.url}/readyz?verbose", timeout=5)
+        live = http.get(f"{probes.url}/livez?verbose=1", timeout=5)
+        excluded = http.get(f"{probes.url}/readyz?verbose&exclude=rank1&exclude=rank9", timeout=5)
+    assert r.status_code == 503 and r.headers["Content-Type"].startswith("text/plain")
+    lines = r.text.splitlines()
+    assert lines[0] == "[+]registration rank0 ok"
+    assert lines[1].startswith("[-]registration rank1 failed: BACKOFF, attempt 1, ConnectionRefusedError, "
+                               "next attempt in 0.")
+    assert lines[1].endswith(" s") and lines[2] == "readyz check failed"
+    assert live.status_code == 200 and live.text.splitlines()[-1] == "livez check passed"
+    assert excluded.status_code == 200
+    assert excluded.text.splitlines() == [
+        "[+]registration rank0 ok", "[+]registration rank1 excluded: ok",
+        'warn: some health checks cannot be excluded: no matches for "rank9"', "readyz check passed"]
+
+
+def test_verbose_failed_says_why_in_full() -> None:
+    from coordinator.testing import ScriptedTransport
+
+    clock = FakeClock()
+    reg = Registration(URL, _payload(), clock=clock, name="rank3", on_exhausted="return",
+                       transport=ScriptedTransport([(404, {}, "no route")], clock=clock), hooks=())
+    reg.run()
+    status, text = health.verbose("/livez", [reg.snapshot()], clock.now())
+    assert status == 503
+    assert text.splitlines()[0] == "[-]registration rank3 failed: FAILED (permanent), attempt 1, HTTP 404"
+
+
+def _payload() -> dict:  # type: ignore[type-arg]
+    from coordinator.payload import example_payload
+
+    return example_payload()
+
+
+def test_json_bodies_name_the_driver(payload, http) -> None:  # type: ignore[no-untyped-def]
+    reg = in_state(State.INIT, payload)
+    with health.serve(reg) as probes:
+        body = http.get(f"{probes.url}/readyz", timeout=5).json()
+    assert (body["kind"], body["name"]) == ("registration", None)
+
+
+def test_metrics_from_a_registry_and_404_without_the_extra(payload, http, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    from prometheus_client import CollectorRegistry
+
+    from coordinator.instrumentation import PrometheusHook
+    from coordinator.testing import ScriptedTransport
+
+    registry = CollectorRegistry()
+    clock = FakeClock()
+    reg = Registration(URL, payload, clock=clock, name="rank0", hooks=[PrometheusHook(registry)],
+                       transport=ScriptedTransport(["refused", 200], clock=clock))
+    reg.run()
+    with health.serve(reg, registry=registry) as probes:
+        r = http.get(f"{probes.url}/metrics", timeout=5)
+        monkeypatch.setitem(sys.modules, "prometheus_client", None)
+        missing = http.get(f"{probes.url}/metrics", timeout=5)
+        still = http.get(f"{probes.url}/readyz", timeout=5)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain; version=")
+    assert 'prefill_startup_attempts_total{lane="refused",outcome="refused",registration="rank0"} 1.0' in r.text
+    assert 'prefill_startup_state{registration="rank0",state="REGISTERED"} 1.0' in r.text
+    assert "prefill_startup_registration_seconds_count" in r.text
+    assert missing.status_code == 404 and "pip install 'prefill-startup[metrics]'" in missing.text
+    assert still.status_code == 200
+
+
+def test_a_discovery_among_the_drivers(payload, http) -> None:  # type: ignore[no-untyped-def]
+    from coordinator import Discovery
+    from coordinator.testing import ScriptedTransport
+
+    clock = FakeClock()
+    d = Discovery("10.0.0.5:8998", clock=clock, transport=ScriptedTransport([503], clock=clock), hooks=())
+    d.poll(), d.poll()
+    with health.serve([in_state(State.REGISTERED, payload), d]) as probes:
+        text = http.get(f"{probes.url}/readyz?verbose", timeout=5).text
+    assert "[-]discovery 10.0.0.5:8998 failed: BACKOFF, attempt 1, HTTP 503, NotYet, next attempt in" in text
+
+
+def test_probe_server_holds_a_burst_of_fresh_connections(payload) -> None:  # type: ignore[no-untyped-def]
+    import http.client
+    import threading
+
+    reg = in_state(State.REGISTERED, payload)
+    clients, errors, codes = 64, [], []
+    barrier = threading.Barrier(clients)
+    with health.serve(reg) as probes:
+        def hit() -> None:
+            barrier.wait(10)
+            conn = http.client.HTTPConnection("127.0.0.1", probes.port, timeout=10)
+            try:
+                conn.request("GET", "/readyz")
+                codes.append(conn.getresponse().status)
+            except OSError as exc:
+                errors.append(exc)
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=hit) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert errors == [] and codes == [200] * clients

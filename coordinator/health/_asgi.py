@@ -1,0 +1,53 @@
+"""The probes as a dependency-free ASGI 3 application, to mount in SGLang's FastAPI server."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from coordinator.health._answer import answer, as_list
+
+if TYPE_CHECKING:
+    from coordinator.driver import Driver
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def asgi(registration: Driver | Sequence[Driver], *, registry: Any = None) -> ASGIApp:
+    """``app.mount("/startup", health.asgi(reg))``: /livez /readyz /startupz /status /metrics.
+
+    Reading a snapshot never blocks, so answers come straight from the event loop.
+    """
+    drivers = as_list(registration)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # served on its own, the app has nothing to start
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # Starlette's Mount keeps the full path and sets root_path
+            path = path[len(root):] or "/"
+        if scope["method"] not in ("GET", "HEAD"):
+            status, ctype, body = 405, "text/plain; charset=utf-8", b"method not allowed\n"
+            extra = [(b"allow", b"GET, HEAD")]
+        else:
+            status, ctype, body = answer(drivers, path, scope.get("query_string", b"").decode("latin-1"), registry)
+            extra = []
+        headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()),
+                   (b"cache-control", b"no-store"), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    return app

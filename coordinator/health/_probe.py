@@ -1,0 +1,107 @@
+"""Probe answers, pure: snapshots and a time in, a status and a body out. No server here.
+
+Kubernetes conventions:
+- ``/livez``: 200 in every state but FAILED. Restarting a process during a bootstrap
+  outage would only re-synchronise the ranks, so liveness fails only when the driver
+  has given up for good.
+- ``/readyz`` and ``/startupz``: 200 only when REGISTERED.
+- ``/status``: 200 with the whole snapshot.
+With ``?verbose``, kube-apiserver's text form: one ``[+]``/``[-]`` line per driver,
+then ``<check> check passed`` or ``failed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from coordinator.snapshot import Snapshot
+from states import State
+
+PATHS = ("/livez", "/readyz", "/startupz", "/status")
+CHECKS = PATHS[:3]  # the paths with a verbose form
+
+
+def _summary(snapshot: Snapshot, now: float) -> dict[str, Any]:
+    err = snapshot.last_error
+    return {
+        "name": snapshot.name,
+        "kind": snapshot.kind,
+        "state": snapshot.state.value,
+        "attempt": snapshot.attempt,
+        "max_attempts": snapshot.max_attempts,
+        "seconds_to_next_attempt": snapshot.seconds_to_next_attempt(now),
+        "last_status": snapshot.last_status,
+        "last_error": None if err is None else {"type": err.type, "message": err.message},
+        "reason": snapshot.reason,
+    }
+
+
+def _ok(path: str, snapshot: Snapshot) -> bool:
+    if path == "/livez":
+        return snapshot.state is not State.FAILED
+    if path in ("/readyz", "/startupz"):
+        return snapshot.state is State.REGISTERED
+    return True  # /status always answers
+
+
+def probe(path: str, snapshot: Snapshot, now: float) -> tuple[int, dict[str, Any]]:
+    """The answer to one probe path; ``now`` is on the driver's clock.
+
+    Raises KeyError for an unknown path, so a framework can map it to its own 404.
+    """
+    if path not in PATHS:
+        raise KeyError(path)
+    ok = _ok(path, snapshot)
+    body = _summary(snapshot, now)
+    if path == "/status":
+        body["snapshot"] = snapshot.to_dict(now)
+    body["ok"] = ok
+    return (200 if ok else 503), body
+
+
+def probe_all(path: str, snapshots: Sequence[Snapshot], now: float) -> tuple[int, dict[str, Any]]:
+    """One probe over several drivers in a process: OK only when every one is."""
+    answers = [probe(path, s, now) for s in snapshots]
+    ok = all(code == 200 for code, _ in answers)
+    return (200 if ok else 503), {"ok": ok, "registrations": [body for _, body in answers]}
+
+
+def label(snapshot: Snapshot) -> str:
+    """How probes name a driver: its ``name``, else its URL."""
+    return snapshot.name or snapshot.url
+
+
+def _why(snapshot: Snapshot, now: float) -> str:
+    parts = [snapshot.state.value + (f" ({snapshot.reason})" if snapshot.state is State.FAILED else ""),
+             f"attempt {snapshot.attempt}"]
+    if snapshot.last_status is not None:
+        parts.append(f"HTTP {snapshot.last_status}")
+    if snapshot.last_error is not None:
+        err = snapshot.last_error
+        # The type says enough while retrying; a final failure says why in full.
+        parts.append(str(err) if snapshot.state is State.FAILED else err.type)
+    wait = snapshot.seconds_to_next_attempt(now)
+    if wait is not None:
+        parts.append(f"next attempt in {wait:.2f} s")
+    return ", ".join(parts)
+
+
+def verbose(path: str, snapshots: Sequence[Snapshot], now: float, exclude: Sequence[str] = ()) -> tuple[int, str]:
+    """kube-apiserver's ``?verbose`` text for ``path``; drivers named in ``exclude`` are left out."""
+    if path not in CHECKS:
+        raise KeyError(path)
+    lines, ok = [], True
+    for s in snapshots:
+        name = f"{s.kind} {label(s)}"
+        if label(s) in exclude:
+            lines.append(f"[+]{name} excluded: ok")
+        elif _ok(path, s):
+            lines.append(f"[+]{name} ok")
+        else:
+            ok = False
+            lines.append(f"[-]{name} failed: {_why(s, now)}")
+    known = {label(s) for s in snapshots}
+    lines += [f'warn: some health checks cannot be excluded: no matches for "{x}"' for x in exclude if x not in known]
+    lines.append(f"{path.lstrip('/')} check {'passed' if ok else 'failed'}")
+    return (200 if ok else 503), "\n".join(lines) + "\n"
