@@ -29,6 +29,7 @@ from coordinator.address import bootstrap_url
 from coordinator.argtypes import count, port, positive, target
 from coordinator.server import BootstrapServer
 from coordinator.clock import SystemClock
+from coordinator.instrumentation import Hook, SystemdNotifier, default_hooks
 from coordinator.discovery import DEFAULT_DEADLINE_S as DISCOVERY_DEADLINE_S
 from coordinator.discovery import Discovery
 from coordinator.discovery import default_policy as discovery_policy
@@ -137,6 +138,12 @@ def _load_payload(args: argparse.Namespace) -> Any:
         raise _UsageError(f"{source} is not valid JSON: {exc}") from None
 
 
+def _hooks() -> list[Hook]:
+    """The default hooks, and sd_notify when systemd started us (``Type=notify`` units)."""
+    notifier = SystemdNotifier.from_env()
+    return [*default_hooks(), *([notifier] if notifier else [])]
+
+
 def _serve_probes(args: argparse.Namespace, driver: Registration | Discovery) -> health.HealthServer | None:
     if args.health_port is None:
         return None
@@ -157,6 +164,7 @@ def _register(args: argparse.Namespace) -> int:
             policy=_policy_from(args),
             token=_token_from_env(args.token_env),
             on_exhausted="return",
+            hooks=_hooks(),
         )
     except (ValueError, TypeError) as exc:
         raise _UsageError(str(exc)) from None
@@ -188,6 +196,7 @@ def _wait(args: argparse.Namespace) -> int:
             targets=args.target,
             expect=expect,
             on_exhausted="return",
+            hooks=_hooks(),
         )
     except (ValueError, TypeError) as exc:
         message = str(exc)  # the library names its argument; the operator typed the flag

@@ -1,7 +1,7 @@
 """Instrumentation: the driver hands one immutable record per attempt and per transition
-to each of its hooks. Built in: :class:`LogHook` (structlog events) and
-:class:`PrometheusHook` (metrics, with the ``metrics`` extra); any callable taking a
-record is a hook too.
+to each of its hooks. Built in: :class:`LogHook` (structlog events),
+:class:`PrometheusHook` (metrics, with the ``metrics`` extra) and
+:class:`SystemdNotifier` (sd_notify); any callable taking a record is a hook too.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from coordinator.instrumentation._log import LogHook
 from coordinator.instrumentation._records import AttemptRecord, Hook, Record, TransitionRecord, outcome_label
+from coordinator.instrumentation._systemd import SystemdNotifier
 
 if TYPE_CHECKING:
     from coordinator.instrumentation._prometheus import PrometheusHook
@@ -21,6 +22,7 @@ __all__ = [
     "LogHook",
     "PrometheusHook",
     "Record",
+    "SystemdNotifier",
     "TransitionRecord",
     "default_hooks",
     "outcome_label",
