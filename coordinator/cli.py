@@ -279,7 +279,10 @@ def _demo(args: argparse.Namespace) -> int:
     ]
     print(f"demo: {args.ranks} prefill ranks register with {url}; "
           f"the bootstrap server starts listening after {args.server_delay:g} s", flush=True)
-    probes = health.serve(registrations)
+    # The decode side of the same instance: waits until every rank is registered.
+    decode = Discovery(f"127.0.0.1:{port}", name="decode0", targets=[(0, 0, rank, 0) for rank in range(args.ranks)],
+                       policy=dataclasses.replace(discovery_policy(), deadline_s=args.deadline), on_exhausted="return")
+    probes = health.serve([*registrations, decode])
     print(f"demo: probes on {probes.url}/livez /readyz /startupz /status", flush=True)
     server: BootstrapServer | None = None
     t0 = clock.now()
@@ -287,6 +290,7 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         for r in registrations:
             r.start()
+        decode.start()
         while True:
             now = clock.now()
             if server is None and now - t0 >= args.server_delay:
@@ -295,11 +299,12 @@ def _demo(args: argparse.Namespace) -> int:
                 print(f"{listen_at - t0:6.2f}s  bootstrap server listening on {server.url}", flush=True)
             snaps = [r.snapshot() for r in registrations]
             print(_progress(now - t0, snaps, now), flush=True)
-            if all(s.terminal for s in snaps):
+            if all(s.terminal for s in snaps) and decode.snapshot().terminal:
                 break
             clock.sleep(0.25)
-        return _demo_summary(registrations, server, probes, t0, listen_at)
+        return _demo_summary(registrations, decode, probes, t0, listen_at)
     finally:
+        decode.stop()
         for r in registrations:
             r.stop()
         probes.close()
@@ -307,7 +312,7 @@ def _demo(args: argparse.Namespace) -> int:
             server.close()
 
 
-def _demo_summary(registrations: Sequence[Registration], server: BootstrapServer | None,
+def _demo_summary(registrations: Sequence[Registration], decode: Discovery,
                   probes: health.HealthServer, t0: float, listen_at: float) -> int:
     print("\nrank    state        attempts  registered_at_s  lag_after_listen_s  reason")
     for i, r in enumerate(registrations):
@@ -320,12 +325,21 @@ def _demo_summary(registrations: Sequence[Registration], server: BootstrapServer
         http.trust_env = False
         readyz = http.get(f"{probes.url}/readyz", timeout=5)
         print(f"\nprobe: GET /readyz -> {readyz.status_code}")
-        if server is not None:
-            query = dict.fromkeys(("prefill_dp_rank", "prefill_cp_rank", "target_tp_rank", "target_pp_rank"), -1)
-            topo = http.get(server.url, params=query, timeout=5)
-            print(f"decode: GET /route (topology) -> {topo.status_code} {topo.text.strip()}")
-    ok = all(r.state is State.REGISTERED for r in registrations)
-    print("demo: every rank REGISTERED" if ok else "demo: some ranks did NOT register")
+        print("probe: GET /readyz?verbose ->\n  " + http.get(f"{probes.url}/readyz?verbose", timeout=5).text
+              .strip().replace("\n", "\n  "))
+        metrics = http.get(f"{probes.url}/metrics", timeout=5)
+        attempts = [line for line in metrics.text.splitlines() if line.startswith("prefill_startup_attempts_total")]
+        print(f"probe: GET /metrics -> {metrics.status_code}"
+              + ("".join(f"\n  {line}" for line in attempts) if attempts else f" ({metrics.text.strip()})"))
+    d = decode.snapshot()
+    last = max((r.snapshot().state_since for r in registrations), default=t0)
+    print(f"decode: Discovery {d.state.value} after {d.attempt} lookups, "
+          f"{d.state_since - last:.3f} s after the last rank registered")
+    if d.info is not None:
+        print(f"decode: {json.dumps(d.info.to_dict())}")
+    ok = all(r.state is State.REGISTERED for r in registrations) and d.state is State.REGISTERED
+    print("demo: every rank REGISTERED, and the decode side found them" if ok
+          else "demo: some ranks did NOT register")
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -29,9 +29,9 @@ def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.
 def test_demo_registers_every_rank() -> None:
     r = cli("demo", "--ranks", "3", "--server-delay", "0.6", "--log-format", "json")
     assert r.returncode == 0, r.stderr
-    assert "demo: every rank REGISTERED" in r.stdout
+    assert "demo: every rank REGISTERED, and the decode side found them" in r.stdout
     assert "GET /readyz -> 200" in r.stdout
-    assert 'GET /route (topology) -> 200 {"attn_tp_size": 3' in r.stdout
+    assert 'decode: {"attn_tp_size": 3' in r.stdout and "GET /metrics -> 200" in r.stdout
     rows = [line for line in r.stdout.splitlines() if line.startswith("rank") and "REGISTERED" in line]
     assert len(rows) == 3
     events = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
