@@ -51,3 +51,33 @@ def _target(text: str) -> tuple[int, int, int, int]:
 
 
 target = _argtype(_target, "target")
+
+
+def _host(text: str) -> str:
+    return validate.host(text, "value")
+
+
+def _host_port_text(text: str) -> str:
+    validate.host_port(text, "value")
+    return text
+
+
+def _bootstrap(text: str) -> str:
+    # Checked now, with Discovery's own rules: a bad address exits 2 before anything runs.
+    from coordinator.discovery import base_url
+
+    base_url(text, "value")
+    return text
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip() or text != text.strip():
+        raise ValueError(f"value must be a non-empty word without surrounding spaces, got {text!r}")
+    return text
+
+
+host = _argtype(_host, "host")
+host_port = _argtype(lambda t: validate.host_port(t, "value"), "host_port")
+host_port_text = _argtype(_host_port_text, "host_port")
+bootstrap = _argtype(_bootstrap, "bootstrap")
+kv_cache_dtype = _argtype(_non_empty, "kv_cache_dtype")

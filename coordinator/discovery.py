@@ -57,16 +57,16 @@ class DiscoveryFailed(StartupFailed):
     """Raised by ``Discovery.run()`` (with ``on_exhausted="raise"``) when it ends FAILED."""
 
 
-def _base_url(bootstrap: object) -> str:
+def base_url(bootstrap: object, field: str = "bootstrap") -> str:
     """``host:port``, ``[v6]:port`` or an http(s) URL → ``http://host:port`` (no path)."""
     if not isinstance(bootstrap, str):
-        raise TypeError(f"bootstrap must be a str, got {type(bootstrap).__name__}")
+        raise TypeError(f"{field} must be a str, got {type(bootstrap).__name__}")
     if "://" in bootstrap:
-        parts = urlsplit(validate.url(bootstrap, "bootstrap"))
+        parts = urlsplit(validate.url(bootstrap, field))
         if parts.path.rstrip("/") not in ("", "/route") or parts.query or parts.fragment:
-            raise ValueError(f"bootstrap URL must be the server's base (or /route), got {bootstrap!r}")
+            raise ValueError(f"{field} URL must be the server's base (or /route), got {bootstrap!r}")
         return f"{parts.scheme}://{parts.netloc}"
-    host, port = validate.host_port(bootstrap, "bootstrap")
+    host, port = validate.host_port(bootstrap, field)
     return f"http://{validate.url_host(host)}:{port}"
 
 
@@ -134,7 +134,7 @@ class Discovery(Driver):
         name: str | None = None,
         transport: LookupTransport | None = None,
     ) -> None:
-        base = _base_url(bootstrap)
+        base = base_url(bootstrap)
         self._targets = _check_targets(targets)
         self._expect = _check_expect(expect)
         if transport is not None and session is not None:

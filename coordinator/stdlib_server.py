@@ -83,6 +83,7 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = 30  # seconds a connection may sit idle or dribble a body
+    _headers_buffer: list[bytes]  # send_header()'s buffer, made by the stdlib
 
     def respond(self, status: int, body: bytes, content_type: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         self.send_response(status)
@@ -93,11 +94,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         # end_headers() would flush the headers alone: the body goes in the same write.
-        self._headers_buffer.append(b"\r\n")
+        buffer = self._headers_buffer
+        buffer.append(b"\r\n")
         if self.command != "HEAD":
-            self._headers_buffer.append(body)
-        self.wfile.write(b"".join(self._headers_buffer))
-        self._headers_buffer = []
+            buffer.append(body)
+        self.wfile.write(b"".join(buffer))
+        buffer.clear()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         # Request lines and statuses only: never headers (they may carry a token).

@@ -84,7 +84,7 @@ def test_register_gives_up_with_exit_1() -> None:
     (["--bootstrap", "h:8998", "--payload", json.dumps(example_payload()), "--token-env", "UNSET_VAR_X"],
      "UNSET_VAR_X"),
     (["--bootstrap", "h:8998", "--dist-init-addr", "bad", "--payload", json.dumps(example_payload())],
-     "dist_init_addr"),
+     "--dist-init-addr"),
     (["--payload", "{}"], "--bootstrap"),
 ])
 def test_register_bad_input_exits_2_naming_it(args, needle) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from coordinator import sim
-from coordinator import simulate as cli_sim
+from coordinator.cli import simulate as cli_sim
 from coordinator.outcome import Outcome
 from coordinator.policy import Decision, RetryPolicy
 from coordinator.sim import Scenario, compare, draw_trials

@@ -24,7 +24,8 @@ class Rejected(Exception):
 
 def _dp(p: Mapping[str, Any], kind: str) -> int:
     # Upstream: the attention-DP value when there is one system DP group, else the system one.
-    return p[f"attn_dp_{kind}"] if p["system_dp_size"] == 1 else p[f"system_dp_{kind}"]
+    value: int = p[f"attn_dp_{kind}"] if p["system_dp_size"] == 1 else p[f"system_dp_{kind}"]
+    return value
 
 
 def _shape(p: Mapping[str, Any]) -> dict[str, int]:
@@ -90,7 +91,8 @@ class Registry:
         t = self._topology
         if t is None:
             return None
-        return t["dp_size"] * t["attn_cp_size"] * t["attn_tp_size"] * t["pp_size"]
+        size: int = t["dp_size"] * t["attn_cp_size"] * t["attn_tp_size"] * t["pp_size"]
+        return size
 
     def counts(self) -> tuple[int, int | None, int]:
         """(distinct ranks, expected ranks or None before the first PUT, accepted PUTs)."""

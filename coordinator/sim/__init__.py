@@ -95,8 +95,8 @@ def compare_decode(scenario: Scenario, policies: Mapping[str, RetryPolicy] | Non
     check_counts(decode_ranks, trials)
     draws = draw_trials(scenario, ranks=prefill_ranks, trials=trials, seed=seed)
     complete_at: list[float | None] = []
-    for trial in _prefill_trials(scenario, RetryPolicy(), draws, seed, workers):
-        finals = [f for shard in trial for f in shard.finals]
+    for shards_of_trial in _prefill_trials(scenario, RetryPolicy(), draws, seed, workers):
+        finals = [f for shard in shards_of_trial for f in shard.finals]
         done = all(state == State.REGISTERED.value for state, _, _ in finals)
         complete_at.append(max(at for _, _, at in finals) if done else None)
     starts = []

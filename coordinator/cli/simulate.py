@@ -7,7 +7,10 @@ import json
 import os
 import sys
 
-from coordinator.argtypes import count
+from typing import Any
+
+from coordinator.argtypes import count, non_negative
+from coordinator.cli._common import EXIT_OK, EXIT_USAGE
 from coordinator.sim import (
     DEFAULT_RANKS,
     DEFAULT_TRIALS,
@@ -21,10 +24,12 @@ from coordinator.sim import (
     write_plot,
 )
 
-EXIT_OK, EXIT_USAGE = 0, 2
 
-
-# -- command line ---------------------------------------------------------------------
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("simulate", parents=[common],
+                            help="simulate a fleet: ours vs upstream on the same draws")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

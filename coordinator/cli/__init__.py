@@ -1,0 +1,59 @@
+"""``prefill-startup``: one module per command; this one assembles them and runs one.
+
+The only place that configures logging: stdlib handlers rendering the library's
+structured events with structlog's console renderer (on a terminal) or as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from coordinator.cli import bootstrap_server, demo, diagram, register, simulate, wait
+from coordinator.cli._common import EXIT_USAGE, UsageError, configure_logging
+from coordinator.payload import PayloadError
+
+COMMANDS = (demo, register, wait, bootstrap_server, diagram, simulate)
+
+
+def _add_log_args(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # Without defaults, a subcommand's copy leaves the global value alone unless given.
+    keep = argparse.SUPPRESS
+    parser.add_argument("--log-format", choices=("auto", "console", "json"),
+                        default="auto" if defaults else keep,
+                        help="console on a terminal, JSON otherwise (default auto)")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        default="INFO" if defaults else keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prefill-startup",
+        description="Startup of SGLang's prefill/decode disaggregation as an explicit state machine.",
+    )
+    _add_log_args(parser, defaults=True)
+    # Accepted after the command too (``prefill-startup demo --log-format json``).
+    common = argparse.ArgumentParser(add_help=False)
+    _add_log_args(common, defaults=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is a command for "wait" to run, never our options.
+    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if command and args.command != "wait":
+        parser.error(f"'-- COMMAND' is for 'wait', not '{args.command}'")
+    args.command_argv = command
+    configure_logging(args.log_format, args.log_level)
+    try:
+        return int(args.func(args))
+    except (UsageError, PayloadError) as exc:
+        print(f"prefill-startup {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
