@@ -9,7 +9,7 @@ import sys
 
 from typing import Any
 
-from coordinator.argtypes import count, non_negative
+from coordinator.argtypes import count, non_negative, seed
 from coordinator.cli._common import EXIT_OK, EXIT_USAGE
 from coordinator.sim import (
     DEFAULT_RANKS,
@@ -38,18 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=count, default=DEFAULT_TRIALS,
                         help=f"trials, each with its own R; figures aggregate them (default {DEFAULT_TRIALS}; "
                              "each costs seconds: the defaults take over a minute)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same figures (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="same seed, same figures (default 0)")
     when = parser.add_mutually_exclusive_group()
-    when.add_argument("--late-start", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.0, 60.0),
+    when.add_argument("--late-start", type=non_negative, nargs=2, metavar=("MIN", "MAX"), default=(0.0, 60.0),
                       help="the server listens at R ~ U[MIN, MAX] s, one R per trial (default 0 60)")
-    when.add_argument("--server-up-at", type=float, metavar="S", help="the server listens at exactly S s")
-    parser.add_argument("--unavailable", type=float, default=0.0, metavar="S", help="then answers 503 for S s")
-    parser.add_argument("--hang", type=float, default=0.0, metavar="S",
+    when.add_argument("--server-up-at", type=non_negative, metavar="S", help="the server listens at exactly S s")
+    parser.add_argument("--unavailable", type=non_negative, default=0.0, metavar="S", help="then answers 503 for S s")
+    parser.add_argument("--hang", type=non_negative, default=0.0, metavar="S",
                         help="after R, accepts but never answers for S s (before any 503 phase)")
     parser.add_argument("--capacity", type=count, metavar="K", help="answers at most K requests per second; beyond, 503")
-    parser.add_argument("--start-window", type=float, default=0.05, metavar="S",
+    parser.add_argument("--start-window", type=non_negative, default=0.05, metavar="S",
                         help="ranks start uniformly within S s (default 0.05)")
-    parser.add_argument("--latency", type=float, default=0.001, metavar="S",
+    parser.add_argument("--latency", type=non_negative, default=0.001, metavar="S",
                         help="duration of a refused or answered attempt (default 0.001)")
     parser.add_argument("--decode", action="store_true",
                         help="the decode side: decode ranks wait for the prefill group to be complete")
