@@ -25,6 +25,7 @@ from coordinator import BootstrapServer, FakeClock, Registration, RetryPolicy
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import example_payload
 from coordinator.sim import Scenario, draw_trials, simulate
+from coordinator.testing import ScriptedTransport
 from states import State
 
 _REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "refused"))
@@ -61,23 +62,6 @@ def bench_loopback(reps: int) -> dict[str, float]:
     return {"registration_ms": o * 1e3, "requests_put_ms": b * 1e3, "ratio": o / b}
 
 
-class _Instant:
-    """Refuses ``refusals`` times, then answers 200; takes no time."""
-
-    def __init__(self, refusals: int) -> None:
-        self._left = refusals
-
-    def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
-        self._left -= 1
-        return _REFUSED if self._left >= 0 else _OK
-
-    def abort(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
 def bench_transitions(registrations: int, refusals: int = 9) -> dict[str, float]:
     """Construction, and driving (per transition), of Registrations on a FakeClock."""
     payload, policy = example_payload(), RetryPolicy()
@@ -86,7 +70,7 @@ def bench_transitions(registrations: int, refusals: int = 9) -> dict[str, float]
     for _ in range(registrations):
         clock = FakeClock()
         reg = Registration("http://127.0.0.1:8998/route", payload, policy=policy, clock=clock,
-                           transport=_Instant(refusals), hooks=())
+                           transport=ScriptedTransport([_REFUSED] * refusals, then=_OK), hooks=())
         regs.append((reg, clock))
     built = time.perf_counter() - began
     transitions = 0

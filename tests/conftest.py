@@ -1,4 +1,4 @@
-"""Shared test doubles: a scripted transport and a scripted loopback HTTP server."""
+"""Shared test helpers: outcomes, a scripted loopback HTTP server; transports come from coordinator.testing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from coordinator.clock import FakeClock
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import example_payload
-from coordinator.testing.faultserver import free_port, ipv6_available  # noqa: F401 - shared with the tests
+from coordinator.testing import ScriptedTransport, free_port, ipv6_available  # noqa: F401 - shared with the tests
 
 REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "[Errno 111] Connection refused"))
 TIMEOUT = Outcome.of_failure(Failure.TIMEOUT, Cause("TimeoutError", "timed out"))
@@ -20,28 +20,6 @@ TIMEOUT = Outcome.of_failure(Failure.TIMEOUT, Cause("TimeoutError", "timed out")
 
 def status(code: int, body: str = "", **headers: str) -> Outcome:
     return Outcome.of_status(code, body, **headers)
-
-
-class ScriptedTransport:
-    """Answers attempts from a script (the last entry repeats); records each call."""
-
-    def __init__(self, *outcomes: Outcome, clock: FakeClock | None = None, latency: float = 0.0) -> None:
-        self.script = list(outcomes)
-        self.calls: list[tuple[str, bytes, float]] = []
-        self.clock, self.latency = clock, latency
-        self.closed = False
-
-    def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
-        self.calls.append((url, body, timeout))
-        if self.clock is not None and self.latency:
-            self.clock.advance(self.latency)
-        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
-
-    def abort(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
 
 
 class ScriptedServer:

@@ -9,6 +9,9 @@ import pytest
 from coordinator import FakeClock, Registration, RetryPolicy, SystemClock
 from states import State
 
+from coordinator.outcome import Outcome
+from coordinator.testing import Call
+
 from conftest import REFUSED, ScriptedTransport, free_port, status
 
 URL = "http://127.0.0.1:8998/route"
@@ -17,12 +20,11 @@ URL = "http://127.0.0.1:8998/route"
 def test_start_returns_at_once_and_wait_gives_the_terminal_snapshot(payload) -> None:  # type: ignore[no-untyped-def]
     gate = threading.Event()
 
-    class Gated(ScriptedTransport):
-        def attempt(self, url, body, timeout):  # type: ignore[no-untyped-def]
-            gate.wait(10)
-            return super().attempt(url, body, timeout)
+    def gated(call: Call) -> Outcome:
+        gate.wait(10)
+        return status(200)
 
-    reg = Registration(URL, payload, clock=FakeClock(), transport=Gated(status(200)), name="rank7")
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([gated]), name="rank7")
     assert reg.start() is reg
     assert reg.wait(timeout=0.05).state is State.REGISTERING  # still in flight: the current snapshot
     assert any(t.name == "prefill-startup-rank7" and t.daemon for t in threading.enumerate())
@@ -35,7 +37,7 @@ def test_start_returns_at_once_and_wait_gives_the_terminal_snapshot(payload) -> 
 
 
 def test_listeners_get_each_snapshot_on_the_driver_thread(payload) -> None:  # type: ignore[no-untyped-def]
-    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(REFUSED, REFUSED, status(200)))
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([REFUSED, REFUSED], then=status(200)))
     seen: list[tuple[str, int]] = []
     reg.add_listener(lambda s: seen.append((threading.current_thread().name, s.seq)))
     reg.start().wait(timeout=10)
@@ -44,14 +46,14 @@ def test_listeners_get_each_snapshot_on_the_driver_thread(payload) -> None:  # t
 
 
 def test_stop_is_idempotent_and_keeps_a_terminal_state(payload) -> None:  # type: ignore[no-untyped-def]
-    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(status(200)))
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([], then=status(200)))
     reg.start().wait(timeout=10)
     assert reg.stop().state is State.REGISTERED
     assert reg.stop().state is State.REGISTERED
 
 
 def test_stop_before_start_cancels_from_init(payload) -> None:  # type: ignore[no-untyped-def]
-    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(status(200)))
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([], then=status(200)))
     snap = reg.stop()
     assert (snap.state, snap.reason, snap.attempt) == (State.FAILED, "cancelled", 0)
 

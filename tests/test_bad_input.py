@@ -13,9 +13,9 @@ from coordinator.payload import REQUIRED_FIELDS, example_payload
 from conftest import ScriptedTransport, status
 
 
-class Untouchable(ScriptedTransport):
-    def attempt(self, url, body, timeout):  # type: ignore[no-untyped-def]
-        raise AssertionError("no network call may happen for bad input")
+def untouchable() -> ScriptedTransport:
+    """An empty script: any attempt at all fails the test (bad input must fail before one)."""
+    return ScriptedTransport([])
 
 
 @pytest.mark.parametrize("url,needle", [
@@ -25,7 +25,7 @@ class Untouchable(ScriptedTransport):
 ])
 def test_bad_url(url, needle, payload) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises((ValueError, TypeError), match=needle):
-        Registration(url, payload, transport=Untouchable(status(200)))
+        Registration(url, payload, transport=untouchable())
 
 
 @pytest.mark.parametrize("field", REQUIRED_FIELDS)
@@ -33,7 +33,7 @@ def test_missing_required_field_is_named(field) -> None:  # type: ignore[no-unty
     p = example_payload()
     del p[field]
     with pytest.raises(PayloadError, match=field) as info:
-        Registration("http://h:1/route", p, transport=Untouchable(status(200)))
+        Registration("http://h:1/route", p, transport=untouchable())
     assert info.value.field == field
 
 
@@ -45,27 +45,27 @@ def test_missing_required_field_is_named(field) -> None:  # type: ignore[no-unty
 ])
 def test_mistyped_field_is_named(field, value) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(PayloadError, match=field):
-        Registration("http://h:1/route", {**example_payload(), field: value}, transport=Untouchable(status(200)))
+        Registration("http://h:1/route", {**example_payload(), field: value}, transport=untouchable())
 
 
 def test_payload_not_json_serialisable_names_the_field() -> None:
     with pytest.raises(TypeError, match="dsv41_spec_layout"):
         Registration("http://h:1/route", {**example_payload(), "dsv41_spec_layout": {1, 2}},
-                     transport=Untouchable(status(200)))
+                     transport=untouchable())
     with pytest.raises(TypeError, match="extra"):
         Registration("http://h:1/route", {**example_payload(), "extra": math.nan},
-                     transport=Untouchable(status(200)))
+                     transport=untouchable())
 
 
 def test_payload_must_be_an_object() -> None:
     with pytest.raises(PayloadError, match="payload"):
-        Registration("http://h:1/route", [1, 2], transport=Untouchable(status(200)))  # type: ignore[arg-type]
+        Registration("http://h:1/route", [1, 2], transport=untouchable())  # type: ignore[arg-type]
 
 
 def test_unknown_payload_keys_are_forwarded(payload) -> None:  # type: ignore[no-untyped-def]
-    t = ScriptedTransport(status(200))
+    t = ScriptedTransport([], then=status(200))
     Registration("http://h:1/route", {**payload, "future_field": 1}, transport=t, clock=FakeClock()).run()
-    assert b'"future_field":1' in t.calls[0][1]
+    assert b'"future_field":1' in t.calls[0].body
 
 
 @pytest.mark.parametrize("kwargs,needle", [
@@ -74,16 +74,16 @@ def test_unknown_payload_keys_are_forwarded(payload) -> None:  # type: ignore[no
 ])
 def test_bad_registration_arguments(kwargs, needle, payload) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises((ValueError, TypeError), match=needle):
-        Registration("http://h:1/route", payload, transport=Untouchable(status(200)), **kwargs)
+        Registration("http://h:1/route", payload, transport=untouchable(), **kwargs)
 
 
 def test_transport_excludes_session_and_token(payload) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="transport"):
-        Registration("http://h:1/route", payload, transport=Untouchable(status(200)), token="abc")
+        Registration("http://h:1/route", payload, transport=untouchable(), token="abc")
 
 
 def test_health_serve_rejects_bad_port(payload) -> None:  # type: ignore[no-untyped-def]
-    reg = Registration("http://h:1/route", payload, transport=Untouchable(status(200)))
+    reg = Registration("http://h:1/route", payload, transport=untouchable())
     with pytest.raises(ValueError, match="port"):
         health.serve(reg, port=70000)
     with pytest.raises(ValueError, match="registration"):
@@ -92,5 +92,5 @@ def test_health_serve_rejects_bad_port(payload) -> None:  # type: ignore[no-unty
 
 def test_rng_and_policy_values_are_accepted(payload) -> None:  # type: ignore[no-untyped-def]
     Registration("https://h:1/route", payload, rng=random.Random(1), policy=RetryPolicy(max_attempts=1),
-                 transport=ScriptedTransport(status(200)))
+                 transport=ScriptedTransport([], then=status(200)))
     assert bootstrap_url("h", 1).endswith(":1/route")

@@ -27,6 +27,7 @@ from coordinator import Backoff, FakeClock, Registration, RetryPolicy, SystemClo
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import example_payload
 from coordinator.snapshot import Snapshot
+from coordinator.testing import ScriptedTransport
 from states import TERMINAL, TRANSITIONS, State
 
 ALLOWED = frozenset((t.source, t.dest) for t in TRANSITIONS)
@@ -35,24 +36,6 @@ URL = "http://127.0.0.1:8998/route"
 
 TRANSITIONS_TARGET = 100_000
 READERS = 8
-
-
-class AlwaysRefused:
-    """An instant transport that always fails with a retryable outcome."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.closed = False
-
-    def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
-        self.calls += 1
-        return REFUSED
-
-    def abort(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def check_consistent(s: Snapshot) -> None:
@@ -81,7 +64,7 @@ def check_consistent(s: Snapshot) -> None:
 
 def test_snapshots_are_never_torn_while_the_driver_makes_100k_transitions() -> None:
     clock = FakeClock(1000.0)
-    transport = AlwaysRefused()
+    transport = ScriptedTransport([], then=REFUSED)  # an instant, retryable failure, forever
     policy = RetryPolicy(max_attempts=None, deadline_s=None, refused=Backoff(1e-3, 2e-3), jitter=0.5)
     reg = Registration(URL, example_payload(), policy=policy, clock=clock, rng=random.Random(7),
                        transport=transport, on_exhausted="return")
@@ -144,14 +127,14 @@ def test_snapshots_are_never_torn_while_the_driver_makes_100k_transitions() -> N
             t.join(30)
         sys.setswitchinterval(switch)
     total_reads = sum(st.get("reads", 0) for st in stats)
-    print(f"\n{final.seq} transitions ({transport.calls} attempts) in {elapsed:.1f} s "
+    print(f"\n{final.seq} transitions ({len(transport.calls)} attempts) in {elapsed:.1f} s "
           f"with {READERS} readers, {total_reads} reads; per reader: {stats}")
 
     assert not errors, errors[:5]
     assert not any(t.is_alive() for t in threads)
     assert (final.state, final.reason) == (State.FAILED, "cancelled")
     assert final.seq == TRANSITIONS_TARGET + 1  # the cancel is the last transition
-    assert transport.calls == TRANSITIONS_TARGET // 2 and final.attempt == transport.calls
+    assert len(transport.calls) == TRANSITIONS_TARGET // 2 and final.attempt == len(transport.calls)
     for st in stats:
         assert st["final_seq"] == final.seq  # every reader saw the end
         # The readers really overlapped the driver: each saw many distinct intermediate snapshots.
@@ -335,7 +318,7 @@ def test_stop_from_backoff_is_prompt_with_the_system_clock() -> None:
 def test_stop_racing_a_polling_thread_ends_cancelled_once() -> None:
     """stop() from one thread while another polls: one FAILED/cancelled, a history the table allows."""
     clock = FakeClock()
-    reg = Registration(URL, example_payload(), clock=clock, transport=AlwaysRefused(),
+    reg = Registration(URL, example_payload(), clock=clock, transport=ScriptedTransport([], then=REFUSED),
                        policy=RetryPolicy(max_attempts=None, deadline_s=None, refused=Backoff(1e-3, 1e-3)),
                        on_exhausted="return")
     seen: list[Snapshot] = []

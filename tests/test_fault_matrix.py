@@ -24,6 +24,7 @@ import pytest
 from coordinator import Backoff, BootstrapServer, FakeClock, Registration, RegistrationFailed, RetryPolicy, Snapshot
 from coordinator.outcome import Outcome
 from coordinator.payload import example_payload
+from coordinator.testing import TimingTransport
 from coordinator.transport import HttpTransport
 from states import State
 
@@ -57,34 +58,11 @@ def bounds(lane: str, n: int) -> tuple[float, float]:
     return top * 0.5, top
 
 
-class TimedTransport:
-    """The real HttpTransport, with each attempt's real duration and timeout recorded."""
-
-    def __init__(self) -> None:
-        self.inner = HttpTransport()
-        self.durations: list[float] = []
-        self.timeouts: list[float] = []
-
-    def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
-        self.timeouts.append(timeout)
-        start = time.perf_counter()
-        try:
-            return self.inner.attempt(url, body, timeout)
-        finally:
-            self.durations.append(time.perf_counter() - start)
-
-    def abort(self) -> None:
-        self.inner.abort()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 class Harness:
     def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
         self.caplog = caplog
         self.clock = FakeClock(1000.0)
-        self.transport: TimedTransport | None = None
+        self.transport: TimingTransport | None = None
         self.reg: Registration | None = None
 
     def make(
@@ -99,7 +77,7 @@ class Harness:
         **kw: Any,
     ) -> Registration:
         kw.setdefault("on_exhausted", "return")
-        self.transport = TimedTransport() if timed else None
+        self.transport = TimingTransport() if timed else None
         self.reg = Registration(
             url,
             payload if payload is not None else example_payload(),

@@ -16,7 +16,7 @@ URL = "http://127.0.0.1:8998/route"
 def in_state(target: State, payload: dict, name: str | None = None) -> Registration:
     clock = FakeClock(100.0)
     script = {State.REGISTERED: (status(200),), State.FAILED: (status(404, "no route"),)}.get(target, (REFUSED,))
-    reg = Registration(URL, payload, clock=clock, transport=ScriptedTransport(*script), on_exhausted="return",
+    reg = Registration(URL, payload, clock=clock, transport=ScriptedTransport(script[:-1], then=script[-1]), on_exhausted="return",
                        name=name)
     steps = {State.INIT: 0, State.REGISTERING: 1, State.BACKOFF: 2, State.REGISTERED: 2, State.FAILED: 2}
     for _ in range(steps[target]):
@@ -92,7 +92,7 @@ def test_binds_loopback_by_default(payload) -> None:  # type: ignore[no-untyped-
 
 
 def test_background_failure_shows_on_the_probes(payload, http) -> None:  # type: ignore[no-untyped-def]
-    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(REFUSED),
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([], then=REFUSED),
                        policy=RetryPolicy(max_attempts=3), on_exhausted="raise")
     with health.serve(reg) as probes:
         reg.start()

@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from coordinator import Backoff, FakeClock, Lane, Reason, Registration, RetryPolicy
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import example_payload
+from coordinator.testing import Call, ScriptedTransport
 from states import TERMINAL, TRANSITIONS, State, Verdict
 
 URL = "http://127.0.0.1:8998/route"
@@ -147,31 +148,18 @@ def expected_lane(policy: RetryPolicy, plan: Planned) -> Lane | None:
 retryable = planned_outcomes(_RETRYABLE_KINDS)
 
 
-class FakeTransport:
-    """Returns (or raises) the planned result after ``latency_frac`` of the timeout on the clock."""
+class PlannedStep:
+    """A script step answering the planned result after ``latency_frac`` of the attempt's timeout."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.plan: Planned | None = None
         self.latency_frac = 0.0
-        self.timeouts: list[float] = []
-        self.aborts = 0
-        self.closes = 0
 
-    def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
-        assert self.closes == 0, "attempt on a closed transport"
+    def __call__(self, call: Call) -> Outcome | Exception:
         assert self.plan is not None
-        self.timeouts.append(timeout)
-        self.clock.advance(self.latency_frac * timeout)
-        if isinstance(self.plan.result, Exception):
-            raise self.plan.result
+        self.clock.advance(self.latency_frac * call.timeout)
         return self.plan.result
-
-    def abort(self) -> None:
-        self.aborts += 1
-
-    def close(self) -> None:
-        self.closes += 1
 
 
 # -- the stateful test --------------------------------------------------------
@@ -185,7 +173,8 @@ class RegistrationMachine(RuleBasedStateMachine):
     def setup(self, policy: RetryPolicy, start: float, seed: int) -> None:
         self.policy = policy
         self.clock = FakeClock(start)
-        self.transport = FakeTransport(self.clock)
+        self.step = PlannedStep(self.clock)
+        self.transport = ScriptedTransport([], then=self.step)
         self.reg = Registration(URL, example_payload(), policy=policy, clock=self.clock,
                                 rng=random.Random(seed), transport=self.transport, on_exhausted="return")
         self.published: list[Any] = []
@@ -221,11 +210,11 @@ class RegistrationMachine(RuleBasedStateMachine):
 
     def _poll(self, plan: Planned, latency_frac: float) -> None:
         assert self.reg is not None
-        self.transport.plan, self.transport.latency_frac = plan, latency_frac
+        self.step.plan, self.step.latency_frac = plan, latency_frac
         before, t0 = self.reg.snapshot(), self.clock.now()
-        calls = len(self.transport.timeouts)
+        calls = len(self.transport.calls)
         after = self.reg.poll()
-        attempted = len(self.transport.timeouts) > calls
+        attempted = len(self.transport.calls) > calls
         assert after is self.reg.snapshot()
         self._check_change(before, after)
 
@@ -251,8 +240,8 @@ class RegistrationMachine(RuleBasedStateMachine):
             assert (after.state, after.reason, after.attempt) == (State.FAILED, Reason.DEADLINE.value, before.attempt)
             return
         assert attempted and after.attempt == before.attempt + 1
-        assert 0 < self.transport.timeouts[-1] <= policy.attempt_timeout_s
-        assert self.transport.timeouts[-1] == timeout
+        assert 0 < self.transport.calls[-1].timeout <= policy.attempt_timeout_s
+        assert self.transport.calls[-1].timeout == timeout
         assert after.last_status == plan.status
         t_end = self.clock.now()
         elapsed = t_end - before.started_at
@@ -305,9 +294,9 @@ class RegistrationMachine(RuleBasedStateMachine):
             return
         # No background thread: stop() takes the cancelling step itself.
         before = self.reg.snapshot()
-        calls = len(self.transport.timeouts)
+        calls = len(self.transport.calls)
         after = self.reg.stop()
-        assert len(self.transport.timeouts) == calls
+        assert len(self.transport.calls) == calls
         self._check_change(before, after)
         if before.terminal:
             assert after is before
@@ -343,7 +332,7 @@ class RegistrationMachine(RuleBasedStateMachine):
         if self.reg is None:
             return
         s = self.reg.snapshot()
-        assert s.attempt == len(self.transport.timeouts)
+        assert s.attempt == len(self.transport.calls)
         if self.policy.max_attempts is not None:
             assert s.attempt <= self.policy.max_attempts
 
@@ -477,8 +466,9 @@ def test_upstream_policy_reproduces_its_formula(now: float, k: int, plan: Planne
 @given(start=st.floats(0.0, 1e5), latency=st.floats(0.0, 2.0))
 def test_upstream_schedule_in_a_whole_run(start: float, latency: float) -> None:
     clock = FakeClock(start)
-    transport = FakeTransport(clock)
-    transport.plan, transport.latency_frac = Planned(_failure(Failure.REFUSED), "refused"), latency / 5.0
+    step = PlannedStep(clock)
+    step.plan, step.latency_frac = Planned(_failure(Failure.REFUSED), "refused"), latency / 5.0
+    transport = ScriptedTransport([], then=step)
     reg = Registration(URL, example_payload(), policy=RetryPolicy.sglang_pr25125(), clock=clock,
                        transport=transport, on_exhausted="return")
     ends: list[float] = []

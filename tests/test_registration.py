@@ -31,21 +31,21 @@ def make(transport: ScriptedTransport, clock: FakeClock, payload: dict, **kw) ->
 
 @pytest.mark.parametrize("policy", [RetryPolicy(), RetryPolicy.sglang_pr25125()], ids=["ours", "upstream"])
 def test_first_attempt_success_does_not_sleep(policy, clock, payload) -> None:  # type: ignore[no-untyped-def]
-    t = ScriptedTransport(status(200, "OK"))
+    t = ScriptedTransport([], then=status(200, "OK"))
     snap = make(t, clock, payload, policy=policy).run()
     assert (snap.state, snap.attempt, clock.sleeps) == (State.REGISTERED, 1, [])
 
 
 @pytest.mark.parametrize("policy", [RetryPolicy(), RetryPolicy.sglang_pr25125()], ids=["ours", "upstream"])
 def test_success_after_retries(policy, clock, payload) -> None:  # type: ignore[no-untyped-def]
-    t = ScriptedTransport(REFUSED, REFUSED, status(200, "OK"))
+    t = ScriptedTransport([REFUSED, REFUSED], then=status(200, "OK"))
     snap = make(t, clock, payload, policy=policy).run()
     assert (snap.state, snap.attempt, len(clock.sleeps)) == (State.REGISTERED, 3, 2)
 
 
 def test_all_attempts_exhausted(clock, payload, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.DEBUG, "coordinator")
-    t = ScriptedTransport(REFUSED)
+    t = ScriptedTransport([], then=REFUSED)
     snap = make(t, clock, payload, policy=RetryPolicy.sglang_pr25125()).run()
     assert (snap.state, snap.reason, snap.attempt, len(clock.sleeps)) == (State.FAILED, "exhausted", 5, 4)
     [failed] = events(caplog, "registration.failed")
@@ -75,7 +75,7 @@ def test_root_cause_of_plain_exception() -> None:
 
 def test_exponential_delays_upstream(payload) -> None:  # type: ignore[no-untyped-def]
     clock = FakeClock(0.0)
-    snap = make(ScriptedTransport(REFUSED), clock, payload, policy=RetryPolicy.sglang_pr25125()).run()
+    snap = make(ScriptedTransport([], then=REFUSED), clock, payload, policy=RetryPolicy.sglang_pr25125()).run()
     assert snap.state is State.FAILED
     expected, now = [], 0.0
     for k in range(4):  # upstream's formula, its jitter read from the clock at each failure
@@ -91,7 +91,7 @@ def test_jitter_within_bounds(payload) -> None:  # type: ignore[no-untyped-def]
         policy = RetryPolicy(max_attempts=6)
         import random
 
-        make(ScriptedTransport(status(503)), clock, payload, policy=policy, rng=random.Random(seed)).run()
+        make(ScriptedTransport([], then=status(503)), clock, payload, policy=policy, rng=random.Random(seed)).run()
         for n, slept in enumerate(clock.sleeps, start=1):
             top = min(30.0, 2.0 ** (n - 1))
             assert top * 0.5 <= slept <= top
@@ -101,7 +101,7 @@ def test_jitter_within_bounds(payload) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_permanent_4xx_fails_after_one_attempt(clock, payload, caplog) -> None:  # type: ignore[no-untyped-def]
-    t = ScriptedTransport(status(403, "forbidden: wrong cluster"))
+    t = ScriptedTransport([], then=status(403, "forbidden: wrong cluster"))
     snap = make(t, clock, payload).run()
     assert (snap.state, snap.reason, snap.attempt, snap.last_status, clock.sleeps) == (
         State.FAILED, "permanent", 1, 403, [])
@@ -111,15 +111,15 @@ def test_permanent_4xx_fails_after_one_attempt(clock, payload, caplog) -> None: 
 
 def test_deadline_is_respected(payload) -> None:  # type: ignore[no-untyped-def]
     clock = FakeClock()
-    t = ScriptedTransport(status(503), clock=clock, latency=0.01)
+    t = ScriptedTransport([], then=status(503), clock=clock, latency=0.01)
     snap = make(t, clock, payload, policy=RetryPolicy(deadline_s=20.0)).run()
     assert (snap.state, snap.reason) == (State.FAILED, "deadline")
     assert clock.now() <= 20.0
-    assert all(timeout <= 5.0 for _, _, timeout in t.calls)
+    assert all(call.timeout <= 5.0 for call in t.calls)
 
 
 def test_run_raises_by_default_with_snapshot_and_cause(clock, payload) -> None:  # type: ignore[no-untyped-def]
-    reg = Registration(URL, payload, clock=clock, transport=ScriptedTransport(REFUSED),
+    reg = Registration(URL, payload, clock=clock, transport=ScriptedTransport([], then=REFUSED),
                        policy=RetryPolicy(max_attempts=2))
     with pytest.raises(RegistrationFailed) as info:
         reg.run()
@@ -129,7 +129,7 @@ def test_run_raises_by_default_with_snapshot_and_cause(clock, payload) -> None: 
 
 
 def test_transition_driven_step_by_step(clock, payload) -> None:  # type: ignore[no-untyped-def]
-    t = ScriptedTransport(REFUSED, status(503), status(200, "OK"))
+    t = ScriptedTransport([REFUSED, status(503)], then=status(200, "OK"))
     reg = make(t, clock, payload)
     assert reg.state is State.INIT and reg.snapshot().attempt == 0
 
@@ -157,7 +157,7 @@ def test_transition_driven_step_by_step(clock, payload) -> None:  # type: ignore
 
 
 def test_snapshot_is_frozen_and_json_ready(clock, payload) -> None:  # type: ignore[no-untyped-def]
-    reg = make(ScriptedTransport(REFUSED), clock, payload)
+    reg = make(ScriptedTransport([], then=REFUSED), clock, payload)
     reg.poll(), reg.poll()
     snap = reg.snapshot()
     with pytest.raises(AttributeError):
@@ -175,7 +175,7 @@ def test_two_ranks_failing_together_draw_different_delays(payload) -> None:  # t
 
     def first_delay(rng):  # type: ignore[no-untyped-def]
         clock = FakeClock(5.0)
-        reg = make(ScriptedTransport(REFUSED), clock, payload, rng=rng)
+        reg = make(ScriptedTransport([], then=REFUSED), clock, payload, rng=rng)
         reg.poll(), reg.poll()
         return reg.snapshot().next_attempt_at - 5.0
 
@@ -184,7 +184,7 @@ def test_two_ranks_failing_together_draw_different_delays(payload) -> None:  # t
 
 
 def test_listener_sees_every_state_change(clock, payload) -> None:  # type: ignore[no-untyped-def]
-    reg = make(ScriptedTransport(REFUSED, status(200)), clock, payload)
+    reg = make(ScriptedTransport([REFUSED], then=status(200)), clock, payload)
     seen = []
     reg.add_listener(lambda s: seen.append(s.state))
     reg.add_listener(lambda s: 1 / 0)  # a broken listener must not stop the registration
@@ -193,16 +193,12 @@ def test_listener_sees_every_state_change(clock, payload) -> None:  # type: igno
 
 
 def test_a_crashing_transport_fails_the_registration(clock, payload) -> None:  # type: ignore[no-untyped-def]
-    class Broken(ScriptedTransport):
-        def attempt(self, url, body, timeout):  # type: ignore[no-untyped-def]
-            raise KeyError("bug")
-
-    snap = make(Broken(REFUSED), clock, payload).run()
+    snap = make(ScriptedTransport([KeyError("bug")]), clock, payload).run()
     assert (snap.state, snap.reason, snap.last_error.type) == (State.FAILED, "permanent", "KeyError")
 
 
 def test_stop_without_a_thread_cancels(clock, payload, caplog) -> None:  # type: ignore[no-untyped-def]
-    reg = make(ScriptedTransport(REFUSED), clock, payload)
+    reg = make(ScriptedTransport([], then=REFUSED), clock, payload)
     reg.poll(), reg.poll()
     snap = reg.stop()
     assert (snap.state, snap.reason) == (State.FAILED, "cancelled")
@@ -211,7 +207,7 @@ def test_stop_without_a_thread_cancels(clock, payload, caplog) -> None:  # type:
 
 
 def test_timeout_failure_goes_to_trouble_lane(clock, payload) -> None:  # type: ignore[no-untyped-def]
-    reg = make(ScriptedTransport(TIMEOUT, status(200)), clock, payload)
+    reg = make(ScriptedTransport([TIMEOUT], then=status(200)), clock, payload)
     assert reg.run().state is State.REGISTERED
     assert 0.5 <= clock.sleeps[0] <= 1.0
 
@@ -222,7 +218,7 @@ def test_timeout_failure_goes_to_trouble_lane(clock, payload) -> None:  # type: 
 def test_long_outage_does_not_flood_the_log(payload, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.DEBUG, "coordinator")
     clock = FakeClock()
-    t = ScriptedTransport(REFUSED, clock=clock, latency=0.001)
+    t = ScriptedTransport([], then=REFUSED, clock=clock, latency=0.001)
     snap = make(t, clock, payload, policy=RetryPolicy(deadline_s=3600.0)).run()
     assert snap.state is State.FAILED and snap.attempt > 5000
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -235,7 +231,7 @@ def test_long_outage_does_not_flood_the_log(payload, caplog) -> None:  # type: i
 
 def test_event_fields_are_stable(clock, payload, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.DEBUG, "coordinator")
-    make(ScriptedTransport(status(503, "busy"), status(200)), clock, payload, name="rank3").run()
+    make(ScriptedTransport([status(503, "busy")], then=status(200)), clock, payload, name="rank3").run()
     [failed] = events(caplog, "registration.attempt_failed")
     assert {"attempt", "max_attempts", "url", "status", "delay_s", "next_attempt_at", "elapsed_s",
             "lane", "repeats", "registration"} <= set(failed)
@@ -248,7 +244,7 @@ def test_event_fields_are_stable(clock, payload, caplog) -> None:  # type: ignor
 
 
 def test_logs_reach_stdlib_logging_as_readable_lines(clock, payload, caplog) -> None:  # type: ignore[no-untyped-def]
-    make(ScriptedTransport(REFUSED, status(200)), clock, payload).run()
+    make(ScriptedTransport([REFUSED], then=status(200)), clock, payload).run()
     [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert line.startswith("registration.attempt_failed ")
     assert "error_type='ConnectionRefusedError'" in line and "attempt=1" in line
@@ -260,7 +256,7 @@ def test_a_caller_logger_is_used(clock, payload) -> None:  # type: ignore[no-unt
 
     with structlog.testing.capture_logs() as logs:
         log = structlog.get_logger()
-        make(ScriptedTransport(REFUSED, status(200)), clock, payload, logger=log).run()
+        make(ScriptedTransport([REFUSED], then=status(200)), clock, payload, logger=log).run()
     assert [e["event"] for e in logs if e["log_level"] != "debug"] == [
         "registration.started", "registration.attempt_failed", "registration.registered"]
 
@@ -356,7 +352,7 @@ def test_nothing_keeps_a_terminal_registration_alive(payload) -> None:  # type: 
 
     refs = []
     for i in range(50):  # default hooks (logs, metrics) included
-        reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(REFUSED, status(200)),
+        reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([REFUSED], then=status(200)),
                            name=f"rank{i}")
         reg.run()
         refs.append(weakref.ref(reg))

@@ -1,13 +1,14 @@
 """A testing kit for code that embeds this library: script outcomes, drive on a fake clock.
 
 ``FakeClock`` (virtual time), ``ScriptedTransport`` (outcomes from a list) and, for
-tests on real sockets, ``FaultServer``. With pytest, the fixtures ``fake_clock`` and
+tests on real sockets, ``FaultServer`` (byte-level faults) and ``TimingTransport``
+(the real transport, each attempt timed). With pytest, the fixtures ``fake_clock`` and
 ``scripted_registration`` come from this package's plugin (registered automatically).
 """
 
 from coordinator.clock import FakeClock
-from coordinator.testing._scripted import Call, ScriptedTransport, ScriptExhausted, Step
+from coordinator.testing._scripted import Call, ScriptedTransport, ScriptExhausted, Step, TimingTransport
 from coordinator.testing.faultserver import FaultServer, free_port, ipv6_available
 
-__all__ = ["Call", "FakeClock", "FaultServer", "ScriptExhausted", "ScriptedTransport", "Step", "free_port",
-           "ipv6_available"]
+__all__ = ["Call", "FakeClock", "FaultServer", "ScriptExhausted", "ScriptedTransport", "Step", "TimingTransport",
+           "free_port", "ipv6_available"]

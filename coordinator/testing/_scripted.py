@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Union
 
-from coordinator.clock import FakeClock
+from coordinator.clock import FakeClock, SystemClock
 from coordinator.outcome import Cause, Failure, Outcome
+from coordinator.transport import HttpTransport, Transport
 
-Step = Union[str, int, tuple[int, Mapping[str, str]], tuple[int, Mapping[str, str], str], Outcome]
+Answer = Union[str, int, tuple[int, Mapping[str, str]], tuple[int, Mapping[str, str], str], Outcome, BaseException]
+# A callable step answers at call time: it may wait on an event, or hand the call to a real transport.
+Step = Union[Answer, Callable[["Call"], Answer]]
 
 # The root causes the real transport reports for each network failure.
 _FAILURES: Mapping[str, Outcome] = {
@@ -21,7 +24,7 @@ _FAILURES: Mapping[str, Outcome] = {
 }
 
 
-def to_outcome(step: Step) -> Outcome:
+def to_outcome(step: Answer) -> Outcome:
     """One script item as the Outcome a real transport would have produced."""
     if isinstance(step, Outcome):
         return step
@@ -49,22 +52,40 @@ class Call:
     at: float | None
 
 
+def _checked(step: Step) -> Step:
+    # Answers are checked up front, so a typo fails where the script is written.
+    if callable(step) or isinstance(step, BaseException):
+        return step
+    return to_outcome(step)
+
+
+def _resolve(step: Step, call: Call) -> Outcome:
+    answer = step(call) if callable(step) and not isinstance(step, BaseException) else step
+    if isinstance(answer, BaseException):
+        raise answer  # a transport that breaks: the driver must survive it
+    return to_outcome(answer)
+
+
 class ScriptedTransport:
     """Answers each attempt with the next script item; records every call.
 
     Items: ``"refused"``, ``"dns"``, ``"timeout"``, ``"reset"``, ``"connection"``, an int
     status, ``(status, headers)`` (e.g. ``(503, {"Retry-After": "2"})``),
-    ``(status, headers, body)``, or an :class:`~coordinator.Outcome`. Running past the
-    end raises :class:`ScriptExhausted` naming the attempt. With a ``clock``, each call
-    records its time, and ``latency`` seconds pass on that clock per attempt. Serves
-    registrations (``attempt``, a PUT) and discoveries (``get``) alike.
+    ``(status, headers, body)``, an :class:`~coordinator.Outcome`, an exception (raised,
+    as a broken transport would), or a callable taking the :class:`Call` and returning
+    one of those. Past the end, ``then`` answers every further attempt; without it,
+    :class:`ScriptExhausted` names the attempt. With a ``clock``, each call records its
+    time, and ``latency`` seconds pass on that clock per attempt. Serves registrations
+    (``attempt``, a PUT) and discoveries (``get``) alike.
     """
 
-    def __init__(self, script: Iterable[Step], *, clock: FakeClock | None = None, latency: float = 0.0) -> None:
-        self._script = [to_outcome(step) for step in script]  # bad items fail here, not mid-test
+    def __init__(self, script: Iterable[Step], *, then: Step | None = None, clock: FakeClock | None = None,
+                 latency: float = 0.0) -> None:
+        self._script = [_checked(step) for step in script]
+        self._then = None if then is None else _checked(then)
         self.calls: list[Call] = []
         self.clock, self.latency = clock, latency
-        self.closed = False
+        self.closes = 0  # close() calls: the driver closes once, at its terminal state
         self.aborted = 0
 
     def __repr__(self) -> str:
@@ -72,16 +93,20 @@ class ScriptedTransport:
 
     @property
     def remaining(self) -> int:
-        return len(self._script) - len(self.calls)
+        return max(0, len(self._script) - len(self.calls))
 
     def _answer(self, method: str, url: str, body: bytes | None, timeout: float) -> Outcome:
         n = len(self.calls) + 1
-        if n > len(self._script):
+        if self.closes:
+            raise ScriptExhausted(f"attempt {n} ({method} {url}) on a closed transport")
+        step = self._script[n - 1] if n <= len(self._script) else self._then
+        if step is None:
             raise ScriptExhausted(f"attempt {n} ({method} {url}) runs past the script of {len(self._script)} item(s)")
-        self.calls.append(Call(method, url, body, timeout, None if self.clock is None else self.clock.now()))
+        call = Call(method, url, body, timeout, None if self.clock is None else self.clock.now())
+        self.calls.append(call)
         if self.clock is not None and self.latency:
             self.clock.advance(self.latency)
-        return self._script[n - 1]
+        return _resolve(step, call)
 
     def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
         return self._answer("PUT", url, body, timeout)
@@ -92,9 +117,39 @@ class ScriptedTransport:
     def abort(self) -> None:
         self.aborted += 1
 
+    @property
+    def closed(self) -> bool:
+        return self.closes > 0
+
     def close(self) -> None:
-        self.closed = True
+        self.closes += 1
 
 
 class ScriptExhausted(AssertionError):
     """The code under test made more attempts than the script has items."""
+
+
+class TimingTransport:
+    """The real :class:`~coordinator.transport.HttpTransport` (or ``inner``), with each
+    attempt's timeout and real duration recorded: for tests on real sockets that check
+    an attempt's total time limit holds."""
+
+    def __init__(self, inner: Transport | None = None) -> None:
+        self.inner: Transport = inner if inner is not None else HttpTransport()
+        self.timeouts: list[float] = []
+        self.durations: list[float] = []
+        self._clock = SystemClock()
+
+    def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
+        self.timeouts.append(timeout)
+        began = self._clock.now()
+        try:
+            return self.inner.attempt(url, body, timeout)
+        finally:
+            self.durations.append(self._clock.now() - began)
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def close(self) -> None:
+        self.inner.close()
