@@ -6,8 +6,8 @@ stdlib server thread; ``asgi()`` returns an ASGI 3 app to mount in FastAPI. Both
 and ``/metrics``.
 """
 
-from coordinator.health._asgi import asgi
+from coordinator.health._asgi import ASGIApp, asgi
 from coordinator.health._probe import PATHS, probe, probe_all, verbose
 from coordinator.health._server import HealthServer, serve
 
-__all__ = ["PATHS", "HealthServer", "asgi", "probe", "probe_all", "serve", "verbose"]
+__all__ = ["PATHS", "ASGIApp", "HealthServer", "asgi", "probe", "probe_all", "serve", "verbose"]
