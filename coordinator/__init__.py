@@ -3,14 +3,15 @@
 The public API is what this module names; everything else is private to the package.
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from coordinator.address import bootstrap_url
 from coordinator.clock import Clock, FakeClock, SystemClock
-from coordinator.discovery import Discovery, DiscoveryFailed
 from coordinator.driver import StartupFailed
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.payload import PayloadError, validate_payload
 from coordinator.policy import Backoff, Lane, Reason, RetryPolicy
-from coordinator.prefill_info import PrefillInfo
 from coordinator.registration import Registration, RegistrationFailed
 from coordinator.snapshot import Snapshot
 
@@ -39,10 +40,23 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # The server pulls in http.server; a scheduler that only registers need not pay for it.
-    if name == "BootstrapServer":
-        from coordinator.server import BootstrapServer
+# Imported on first use: a prefill scheduler needs neither the decode side nor the server
+# (http.server), and a decode scheduler needs no server.
+_LAZY = {
+    "BootstrapServer": "coordinator.server",
+    "Discovery": "coordinator.discovery",
+    "DiscoveryFailed": "coordinator.discovery",
+    "PrefillInfo": "coordinator.prefill_info",
+}
 
-        return BootstrapServer
-    raise AttributeError(f"module 'coordinator' has no attribute {name!r}")
+if TYPE_CHECKING:
+    from coordinator.discovery import Discovery, DiscoveryFailed
+    from coordinator.prefill_info import PrefillInfo
+    from coordinator.server import BootstrapServer
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'coordinator' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

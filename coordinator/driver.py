@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from transitions import Machine
 
@@ -21,10 +21,12 @@ from coordinator.instrumentation import AttemptRecord, Hook, Record, TransitionR
 from coordinator.instrumentation._log import default_logger
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.policy import NO_FAILURES, Decision, Reason, RetryPolicy
-from coordinator.prefill_info import PrefillInfo
 from coordinator.snapshot import Snapshot
 from coordinator.transport import cause_of
 from states import GUARDS, TERMINAL, TRANSITIONS, State, Trigger, Verdict
+
+if TYPE_CHECKING:
+    from coordinator.prefill_info import PrefillInfo
 
 Listener = Callable[[Snapshot], None]
 _sources = itertools.count(1)
@@ -145,7 +147,7 @@ class Driver:
         self._last_status: int | None = None
         self._last_error: Cause | None = None
         self._reason: str | None = None
-        self._info: PrefillInfo | None = None
+        self._info: PrefillInfo | None = None  # a discovery's result
         self._snapshot = self._make_snapshot(self._clock.now(), seq=0)
 
     # -- what a subclass provides -----------------------------------------------

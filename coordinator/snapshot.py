@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator.outcome import Cause
-from coordinator.prefill_info import PrefillInfo
 from states import TERMINAL, State
+
+if TYPE_CHECKING:
+    from coordinator.prefill_info import PrefillInfo
 
 
 @dataclass(frozen=True)
