@@ -105,7 +105,7 @@ def _pending(answer: Outcome, what: str) -> Outcome:
                    failure=Failure.PENDING, cause=Cause("NotYet", what))
 
 
-class Discovery(Driver):
+class Discovery(Driver[LookupTransport]):
     """Wait for the prefill instance behind ``bootstrap`` and learn its topology.
 
     ``bootstrap``: ``host:port`` (IPv6 in brackets) or a URL. ``targets``: ranks
@@ -142,8 +142,8 @@ class Discovery(Driver):
         if policy is None:
             policy = default_policy()
         super().__init__(f"{base}/route", policy=policy, clock=clock, rng=rng, logger=logger, hooks=hooks,
-                         on_exhausted=on_exhausted, name=name if name is not None else urlsplit(base).netloc)
-        self._transport: LookupTransport = transport or HttpTransport(session)
+                         on_exhausted=on_exhausted, name=name if name is not None else urlsplit(base).netloc,
+                         transport=transport or HttpTransport(session))
         self._topology: PrefillInfo | None = None
         self._ranks: dict[RankKey, Address] = {}
 
@@ -160,16 +160,6 @@ class Discovery(Driver):
     def targets(self) -> tuple[RankKey, ...]:
         return self._targets
 
-    @property
-    def transport(self) -> LookupTransport:
-        """What the attempts go through (a test's ``ScriptedTransport`` records its calls)."""
-        return self._transport
-
-    def _abort(self) -> None:
-        self._transport.abort()
-
-    def _close(self) -> None:
-        self._transport.close()
 
     def _perform(self, timeout: float) -> Outcome:
         ends = self._clock.now() + timeout  # one budget for the whole round

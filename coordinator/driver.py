@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from transitions import Machine
 
@@ -29,6 +29,15 @@ if TYPE_CHECKING:
     from coordinator.prefill_info import PrefillInfo
 
 Listener = Callable[[Snapshot], None]
+
+
+class _Stoppable(Protocol):
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+T = TypeVar("T", bound=_Stoppable)
 _sources = itertools.count(1)
 
 
@@ -84,7 +93,7 @@ class _Model:
         return bool(_MACHINE.events[name].trigger(self, **event))
 
 
-class Driver:
+class Driver(Generic[T]):
     """Drives one startup machine by ``policy``; see :class:`~coordinator.Registration`.
 
     ``run()`` blocks until REGISTERED or FAILED; ``poll()`` takes one step (an attempt
@@ -106,6 +115,7 @@ class Driver:
         hooks: Sequence[Hook] | None,
         on_exhausted: Literal["raise", "return"],
         name: str | None,
+        transport: T,
     ) -> None:
         if policy is None:
             policy = RetryPolicy()
@@ -127,6 +137,7 @@ class Driver:
                 if not callable(hook):
                     raise TypeError(f"hooks: each hook must be callable, got {type(hook).__name__}")
         self._url = url
+        self._transport = transport
         self._policy = policy
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._rng = rng if rng is not None else entropy_rng()
@@ -156,13 +167,6 @@ class Driver:
         """One attempt, bounded by ``timeout`` seconds; every failure is an Outcome."""
         raise NotImplementedError
 
-    def _abort(self) -> None:
-        """Cut the attempt in flight short (from any thread)."""
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        """Release the attempt's resources: the driver reached a terminal state."""
-        raise NotImplementedError
 
     # -- readers (any thread) -------------------------------------------------
 
@@ -189,6 +193,11 @@ class Driver:
     @property
     def hooks(self) -> tuple[Hook, ...]:
         return self._hooks
+
+    @property
+    def transport(self) -> T:
+        """What the attempts go through (a test's ``ScriptedTransport`` records its calls)."""
+        return self._transport
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
@@ -236,7 +245,7 @@ class Driver:
     def stop(self, timeout: float | None = None) -> Snapshot:
         """Cancel: the driver ends FAILED with reason "cancelled" unless already terminal."""
         self._cancel.set()
-        self._abort()
+        self._transport.abort()
         if self._thread is not None:
             self._thread.join(timeout)
         elif self._drive.acquire(blocking=False):
@@ -284,7 +293,7 @@ class Driver:
             self._next_attempt_at = None
         self._snapshot = snapshot = self._make_snapshot(at, self._snapshot.seq + 1)
         if snapshot.terminal:
-            self._close()
+            self._transport.close()
         if self._hooks:  # no records for nobody (a simulated fleet has no hooks)
             if attempt is not None:
                 outcome, decision, began = attempt

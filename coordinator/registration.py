@@ -21,7 +21,7 @@ class RegistrationFailed(StartupFailed):
     """Raised by ``Registration.run()`` (with ``on_exhausted="raise"``) when it ends FAILED."""
 
 
-class Registration(Driver):
+class Registration(Driver[Transport]):
     """Register one prefill rank with the bootstrap server, retrying by ``policy``.
 
     ``run()`` blocks until REGISTERED or FAILED; ``poll()`` takes one step (an attempt
@@ -54,8 +54,8 @@ class Registration(Driver):
             raise ValueError("transport excludes session and token: configure the transport itself")
         token = None if token is None else validate.token(token)
         super().__init__(url, policy=policy, clock=clock, rng=rng, logger=logger, hooks=hooks,
-                         on_exhausted=on_exhausted, name=name)
-        self._transport: Transport = transport or HttpTransport(session, token=token)
+                         on_exhausted=on_exhausted, name=name,
+                         transport=transport or HttpTransport(session, token=token))
 
     def start(self) -> Registration:
         super().start()
@@ -64,13 +64,3 @@ class Registration(Driver):
     def _perform(self, timeout: float) -> Outcome:
         return self._transport.attempt(self._url, self._body, timeout)
 
-    @property
-    def transport(self) -> Transport:
-        """What the attempts go through (a test's ``ScriptedTransport`` records its calls)."""
-        return self._transport
-
-    def _abort(self) -> None:
-        self._transport.abort()
-
-    def _close(self) -> None:
-        self._transport.close()

@@ -17,6 +17,7 @@ from coordinator.argtypes import bind_port, count, host, positive
 from coordinator.driver import Driver
 from coordinator.instrumentation import Hook, SystemdNotifier, default_hooks
 from coordinator.policy import RetryPolicy
+from coordinator.snapshot import Snapshot
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 124, 130
 
@@ -110,7 +111,20 @@ def hooks() -> list[Hook]:
     return [*default_hooks(), *([notifier] if notifier else [])]
 
 
-def serve_probes(args: argparse.Namespace, driver: Driver) -> health.HealthServer | None:
+def drive(args: argparse.Namespace, driver: Driver[Any]) -> Snapshot | None:
+    """Run ``driver`` in the foreground, its probes served meanwhile; None after Ctrl-C stopped it."""
+    probes = serve_probes(args, driver)
+    try:
+        return driver.run()
+    except KeyboardInterrupt:
+        driver.stop()
+        return None
+    finally:
+        if probes is not None:
+            probes.close()
+
+
+def serve_probes(args: argparse.Namespace, driver: Driver[Any]) -> health.HealthServer | None:
     if args.health_port is None:
         return None
     try:

@@ -16,8 +16,8 @@ from coordinator.cli._common import (
     add_health_args,
     add_policy_args,
     hooks,
+    drive,
     policy_from,
-    serve_probes,
     token_from_env,
 )
 from coordinator.registration import Registration
@@ -68,13 +68,6 @@ def run(args: argparse.Namespace) -> int:
         )
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
-    probes = serve_probes(args, registration)
-    try:
-        snapshot = registration.run()
-    except KeyboardInterrupt:
-        snapshot = registration.stop()
-    finally:
-        if probes is not None:
-            probes.close()
+    snapshot = drive(args, registration) or registration.snapshot()  # cancelled by Ctrl-C: FAILED
     print(json.dumps(snapshot.to_dict()))
     return EXIT_OK if snapshot.state is State.REGISTERED else EXIT_FAILED

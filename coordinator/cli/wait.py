@@ -19,8 +19,8 @@ from coordinator.cli._common import (
     add_health_args,
     add_policy_args,
     hooks,
+    drive,
     policy_from,
-    serve_probes,
 )
 from coordinator.discovery import DEFAULT_DEADLINE_S, Discovery
 from coordinator.discovery import default_policy as discovery_policy
@@ -62,15 +62,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
-    probes = serve_probes(args, discovery)
-    try:
-        snapshot = discovery.run()
-    except KeyboardInterrupt:
-        discovery.stop()
+    snapshot = drive(args, discovery)
+    if snapshot is None:
         return EXIT_INTERRUPTED
-    finally:
-        if probes is not None:
-            probes.close()
     if snapshot.state is not State.REGISTERED or snapshot.info is None:
         print(json.dumps(snapshot.to_dict()), file=sys.stderr)
         return EXIT_TIMEOUT if snapshot.reason in ("deadline", "exhausted") else EXIT_FAILED

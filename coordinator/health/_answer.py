@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from coordinator.health._metrics import render
@@ -13,12 +13,10 @@ from coordinator.health._probe import CHECKS, PATHS, probe, probe_all, verbose
 if TYPE_CHECKING:
     from coordinator.driver import Driver
 
-    Drivers = Union[Driver, Sequence[Driver]]
-
 JSON, TEXT = "application/json", "text/plain; charset=utf-8"
 
 
-def as_list(drivers: Any) -> list[Driver]:
+def as_list(drivers: Any) -> list[Driver[Any]]:
     out = list(drivers) if isinstance(drivers, Sequence) else [drivers]
     if not out:
         raise ValueError("registration: at least one is needed")
@@ -28,7 +26,7 @@ def as_list(drivers: Any) -> list[Driver]:
     return out
 
 
-def answer(drivers: Sequence[Driver], path: str, query: str, registry: Any = None) -> tuple[int, str, bytes]:
+def answer(drivers: Sequence[Driver[Any]], path: str, query: str, registry: Any = None) -> tuple[int, str, bytes]:
     if path == "/metrics":
         return render(registry)
     if path not in PATHS:

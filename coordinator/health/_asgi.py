@@ -17,7 +17,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def asgi(registration: Driver | Sequence[Driver], *, registry: Any = None) -> ASGIApp:
+def asgi(registration: Driver[Any] | Sequence[Driver[Any]], *, registry: Any = None) -> ASGIApp:
     """``app.mount("/startup", health.asgi(reg))``: /livez /readyz /startupz /status /metrics.
 
     Reading a snapshot never blocks, so answers come straight from the event loop.

@@ -16,7 +16,7 @@ HealthServer = Running
 
 
 class _Server(Server):
-    def __init__(self, address: tuple[str, int], drivers: Sequence[Driver], registry: Any) -> None:
+    def __init__(self, address: tuple[str, int], drivers: Sequence[Driver[Any]], registry: Any) -> None:
         self.drivers, self.registry = drivers, registry
         super().__init__(address, _Handler)
 
@@ -40,7 +40,7 @@ class _Handler(Handler):
         pass  # probes hit every few seconds; an access line each would drown the real events
 
 
-def serve(registration: Driver | Sequence[Driver], host: str = "127.0.0.1", port: int = 0, *,
+def serve(registration: Driver[Any] | Sequence[Driver[Any]], host: str = "127.0.0.1", port: int = 0, *,
           registry: Any = None) -> Running:
     """Serve the probes (and ``/metrics`` from ``registry``) for one driver or all of a
     process's, on a daemon thread. Binds loopback unless told otherwise: the probes

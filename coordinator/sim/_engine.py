@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from coordinator.clock import FakeClock, seeded_rng
 from coordinator.discovery import Discovery
@@ -47,7 +47,7 @@ R = TypeVar("R")
 Final = tuple[str, "str | None", float]
 
 
-def _settle(driver: Driver, clock: FakeClock) -> Snapshot:
+def _settle(driver: Driver[Any], clock: FakeClock) -> Snapshot:
     """Poll until terminal or waiting in BACKOFF for a later time."""
     while True:
         snap = driver.poll()
@@ -59,7 +59,7 @@ def _settle(driver: Driver, clock: FakeClock) -> Snapshot:
                 return snap
 
 
-def run_drivers(drivers: Sequence[Driver], clocks: Sequence[FakeClock], starts: Sequence[float]) -> list[Final]:
+def run_drivers(drivers: Sequence[Driver[Any]], clocks: Sequence[FakeClock], starts: Sequence[float]) -> list[Final]:
     """Step every driver in simulated-time order until each is terminal."""
     # Ties go to the lower rank: the order, hence the figures, depend on the seed alone.
     heap = [(start, i) for i, start in enumerate(starts)]
