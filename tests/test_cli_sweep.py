@@ -18,7 +18,7 @@ BASE = {
     "bootstrap-server": ["bootstrap-server"],
     "demo": ["demo"],
     "simulate": ["simulate", "--ranks", "2", "--trials", "1"],
-    "diagram": ["diagram", "--check"],
+    "diagram": ["diagram"],
 }
 
 PORT = ["+1", "1_0", "١", " 1", "", "-1", "99999999999999999999999", "65536"]
@@ -54,6 +54,8 @@ CASES = [
       for v in NUMBER],
     *[("simulate", "--seed", v) for v in ["+1", "1_0", "١", "", "-1"]],
     ("simulate", "--ranks", "1000000"),
+    ("diagram", "--output", "/dev/null/state_machine.md"),  # under a file
+    ("diagram", "--output", "/"),
 ]
 
 

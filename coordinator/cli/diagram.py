@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator import diagram
-from coordinator.cli._common import EXIT_FAILED, EXIT_OK
+from coordinator.cli._common import EXIT_FAILED, EXIT_OK, UsageError
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -20,11 +20,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     path = Path(args.output)
-    if args.check:
-        current = path.read_text(encoding="utf-8") if path.exists() else ""
-        if current != diagram.render_mermaid():
-            print(f"{path} is stale: run 'prefill-startup diagram'", file=sys.stderr)
-            return EXIT_FAILED
-        return EXIT_OK
-    print(diagram.write(path))
+    try:
+        if args.check:
+            current = path.read_text(encoding="utf-8") if path.exists() else ""
+            if current != diagram.render_mermaid():
+                print(f"{path} is stale: run 'prefill-startup diagram'", file=sys.stderr)
+                return EXIT_FAILED
+            return EXIT_OK
+        print(diagram.write(path))
+    except OSError as exc:  # a directory, not writable, not there
+        raise UsageError(f"--output: cannot use {path}: {exc.strerror or exc}") from None
     return EXIT_OK
