@@ -167,7 +167,6 @@ class Driver(Generic[T]):
         """One attempt, bounded by ``timeout`` seconds; every failure is an Outcome."""
         raise NotImplementedError
 
-
     # -- readers (any thread) -------------------------------------------------
 
     def __repr__(self) -> str:
