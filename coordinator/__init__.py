@@ -6,11 +6,11 @@ The public API is what this module names; everything else is private to the pack
 import importlib
 from typing import TYPE_CHECKING
 
-from coordinator.address import bootstrap_url
+from coordinator.protocol import bootstrap_url
 from coordinator.clock import Clock, FakeClock, SystemClock
 from coordinator.driver import StartupFailed
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.payload import PayloadError, validate_payload
+from coordinator.protocol import PayloadError, validate_payload
 from coordinator.policy import Backoff, Lane, Reason, RetryPolicy
 from coordinator.registration import Registration, RegistrationFailed
 from coordinator.snapshot import Snapshot
@@ -46,12 +46,12 @@ _LAZY = {
     "BootstrapServer": "coordinator.server",
     "Discovery": "coordinator.discovery",
     "DiscoveryFailed": "coordinator.discovery",
-    "PrefillInfo": "coordinator.prefill_info",
+    "PrefillInfo": "coordinator.protocol",
 }
 
 if TYPE_CHECKING:
     from coordinator.discovery import Discovery, DiscoveryFailed
-    from coordinator.prefill_info import PrefillInfo
+    from coordinator.protocol import PrefillInfo
     from coordinator.server import BootstrapServer
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 
@@ -27,21 +27,25 @@ from coordinator.clock import Clock, Rng
 from coordinator.driver import Driver, StartupFailed
 from coordinator.instrumentation import Hook
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.policy import Backoff, RetryPolicy
-from coordinator.prefill_info import (
+from coordinator.policy import Backoff, Policy, RetryPolicy
+from coordinator.protocol import (
+    ROUTE_PATH,
     TOPOLOGY_FIELDS,
+    TOPOLOGY_KEY,
     Address,
     AnswerError,
     PrefillInfo,
     RankKey,
+    base_url,
     mismatch,
     parse_rank,
     parse_topology,
+    route_query,
 )
+from coordinator.snapshot import Kind
 from coordinator.transport import HttpTransport, LookupTransport
 
-_QUERY = ("prefill_dp_rank", "prefill_cp_rank", "target_tp_rank", "target_pp_rank")
-_TOPOLOGY_QUERY = urlencode(dict.fromkeys(_QUERY, -1))
+_TOPOLOGY_QUERY = route_query(TOPOLOGY_KEY)
 # A decode instance may start long before its prefill instance has loaded its model.
 DEFAULT_DEADLINE_S = 600.0
 
@@ -57,26 +61,12 @@ class DiscoveryFailed(StartupFailed):
     """Raised by ``Discovery.run()`` (with ``on_exhausted="raise"``) when it ends FAILED."""
 
 
-def base_url(bootstrap: object, field: str = "bootstrap") -> str:
-    """``host:port``, ``[v6]:port`` or an http(s) URL → ``http://host:port`` (no path)."""
-    if not isinstance(bootstrap, str):
-        raise TypeError(f"{field} must be a str, got {type(bootstrap).__name__}")
-    if "://" in bootstrap:
-        parts = urlsplit(validate.url(bootstrap, field))
-        if parts.path.rstrip("/") not in ("", "/route") or parts.query or parts.fragment:
-            raise ValueError(f"{field} URL must be the server's base (or /route), got {bootstrap!r}")
-        return f"{parts.scheme}://{parts.netloc}"
-    host, port = validate.host_port(bootstrap, field)
-    return f"http://{validate.url_host(host)}:{port}"
-
-
 def _check_targets(targets: Iterable[Any] | None) -> tuple[RankKey, ...]:
     if targets is None:
         return ()
     out: list[RankKey] = []
     for t in targets:
-        if (not isinstance(t, (tuple, list)) or len(t) != 4
-                or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in t)):
+        if not isinstance(t, (tuple, list)) or len(t) != 4 or not all(validate.is_int(v) and v >= 0 for v in t):
             raise ValueError(f"targets: each must be (dp, cp, tp, pp) of integers >= 0, got {t!r}")
         out.append((t[0], t[1], t[2], t[3]))
     return tuple(dict.fromkeys(out))
@@ -91,8 +81,7 @@ def _check_expect(expect: Mapping[str, Any] | None) -> Mapping[str, Any]:
         kind = TOPOLOGY_FIELDS.get(name)
         if kind is None:
             raise ValueError(f"expect: unknown topology field {name!r}; known: {', '.join(TOPOLOGY_FIELDS)}")
-        if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
-            raise TypeError(f"expect[{name!r}] must be {kind.__name__}, got {type(value).__name__}")
+        validate.of_type(value, kind, f"expect[{name!r}]")
     return MappingProxyType(dict(expect))
 
 
@@ -115,14 +104,14 @@ class Discovery(Driver[LookupTransport]):
     Default policy: :func:`default_policy`.
     """
 
-    kind = "discovery"
+    kind = Kind.DISCOVERY
     failure = DiscoveryFailed
 
     def __init__(
         self,
         bootstrap: str,
         *,
-        policy: RetryPolicy | None = None,
+        policy: Policy | None = None,
         clock: Clock | None = None,
         rng: Rng | None = None,
         session: requests.Session | None = None,
@@ -141,7 +130,7 @@ class Discovery(Driver[LookupTransport]):
             raise ValueError("transport excludes session: configure the transport itself")
         if policy is None:
             policy = default_policy()
-        super().__init__(f"{base}/route", policy=policy, clock=clock, rng=rng, logger=logger, hooks=hooks,
+        super().__init__(f"{base}{ROUTE_PATH}", policy=policy, clock=clock, rng=rng, logger=logger, hooks=hooks,
                          on_exhausted=on_exhausted, name=name if name is not None else urlsplit(base).netloc,
                          transport=transport or HttpTransport(session))
         self._topology: PrefillInfo | None = None
@@ -159,7 +148,6 @@ class Discovery(Driver[LookupTransport]):
     @property
     def targets(self) -> tuple[RankKey, ...]:
         return self._targets
-
 
     def _perform(self, timeout: float) -> Outcome:
         ends = self._clock.now() + timeout  # one budget for the whole round
@@ -185,8 +173,7 @@ class Discovery(Driver[LookupTransport]):
             left = ends - self._clock.now()
             if left <= 0:
                 return Outcome.of_failure(Failure.TIMEOUT, Cause("TimeoutError", f"lookup round over {timeout:.3g} s"))
-            query = urlencode(dict(zip(_QUERY, key)))
-            answer = self._transport.get(f"{self._url}?{query}", left)
+            answer = self._transport.get(f"{self._url}?{route_query(key)}", left)
             if answer.status in (404, 503):  # the topology says it exists: not registered yet
                 return _pending(answer, f"rank {key} not registered yet")
             if answer.status != 200 or answer.failure is not None:
@@ -195,8 +182,7 @@ class Discovery(Driver[LookupTransport]):
                 self._ranks[key] = parse_rank(answer.body)
             except AnswerError as exc:
                 return _invalid(200, f"rank {key}: {exc}")
-        self._info = replace(self._topology, ranks=MappingProxyType(dict(self._ranks)))
-        return Outcome.of_status(200)
+        return Outcome(status=200, value=replace(self._topology, ranks=MappingProxyType(dict(self._ranks))))
 
     def _outside(self, topology: PrefillInfo) -> str | None:
         for key in self._targets:

@@ -12,21 +12,18 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from dataclasses import replace
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from transitions import Machine
 
 from coordinator.clock import Clock, Rng, SystemClock, entropy_rng
 from coordinator.instrumentation import AttemptRecord, Hook, Record, TransitionRecord, default_hooks
 from coordinator.instrumentation._log import default_logger
-from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.policy import NO_FAILURES, Decision, Reason, RetryPolicy
-from coordinator.snapshot import Snapshot
-from coordinator.transport import cause_of
+from coordinator.outcome import Failure, Outcome, cause_of
+from coordinator.policy import NO_FAILURES, Decision, Policy, Reason, RetryPolicy
+from coordinator.snapshot import Kind, Snapshot
 from states import GUARDS, TERMINAL, TRANSITIONS, State, Trigger, Verdict
-
-if TYPE_CHECKING:
-    from coordinator.prefill_info import PrefillInfo
 
 Listener = Callable[[Snapshot], None]
 
@@ -101,14 +98,14 @@ class Driver(Generic[T]):
     on a daemon thread. ``snapshot()`` may be called from any thread at any time.
     """
 
-    kind: ClassVar[str]
+    kind: ClassVar[Kind]
     failure: ClassVar[type[StartupFailed]] = StartupFailed
 
     def __init__(
         self,
         url: str,
         *,
-        policy: RetryPolicy | None,
+        policy: Policy | None,
         clock: Clock | None,
         rng: Rng | None,
         logger: Any,
@@ -119,8 +116,8 @@ class Driver(Generic[T]):
     ) -> None:
         if policy is None:
             policy = RetryPolicy()
-        if not isinstance(policy, RetryPolicy):
-            raise TypeError(f"policy must be a RetryPolicy, got {type(policy).__name__}")
+        if not (callable(getattr(policy, "decide", None)) and callable(getattr(policy, "attempt_timeout", None))):
+            raise TypeError(f"policy must be a RetryPolicy (or meet the Policy protocol), got {type(policy).__name__}")
         if on_exhausted not in ("raise", "return"):
             raise ValueError(f"on_exhausted must be 'raise' or 'return', got {on_exhausted!r}")
         if clock is not None and not (callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep", None))):
@@ -151,15 +148,13 @@ class Driver(Generic[T]):
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Listener] = []
-        self._lanes = NO_FAILURES
-        self._attempt = 0
-        self._started_at: float | None = None
-        self._next_attempt_at: float | None = None
-        self._last_status: int | None = None
-        self._last_error: Cause | None = None
-        self._reason: str | None = None
-        self._info: PrefillInfo | None = None  # a discovery's result
-        self._snapshot = self._make_snapshot(self._clock.now(), seq=0)
+        self._lanes = NO_FAILURES  # handed from one retry decision to the next attempt's
+        now = self._clock.now()
+        self._snapshot = Snapshot(
+            state=State.INIT, url=url, attempt=0, max_attempts=policy.max_attempts, started_at=None,
+            state_since=now, next_attempt_at=None, last_status=None, last_error=None, reason=None,
+            taken_at=now, seq=0, name=name, kind=self.kind, deadline_s=policy.deadline_s,
+        )
 
     # -- what a subclass provides -----------------------------------------------
 
@@ -182,7 +177,7 @@ class Driver(Generic[T]):
         return self._url
 
     @property
-    def policy(self) -> RetryPolicy:
+    def policy(self) -> Policy:
         return self._policy
 
     @property
@@ -273,24 +268,26 @@ class Driver(Generic[T]):
             return
         now = self._clock.now()
         if self._cancel.is_set():
-            self._fail(now, Reason.CANCELLED)
+            self._fire(Trigger.CANCEL, now, {"reason": Reason.CANCELLED})
         elif state is State.INIT:
-            self._started_at = now
-            self._fire(Trigger.START, now)
+            self._fire(Trigger.START, now, {"started_at": now, "attempt": 1})
         elif state is State.REGISTERING:
             self._attempt_once(now)
         elif state is State.BACKOFF:
-            self._fire(Trigger.TIMER, now, now=now, due_at=self._next_attempt_at)
+            self._fire(Trigger.TIMER, now, {"attempt": self._snapshot.attempt + 1},
+                       now=now, due_at=self._snapshot.next_attempt_at)
 
-    def _fire(self, trigger: Trigger, at: float, attempt: tuple[Outcome, Decision, float] | None = None,
-              **event: Any) -> None:
+    def _fire(self, trigger: Trigger, at: float, changes: dict[str, Any],
+              attempt: tuple[Outcome, Decision, float] | None = None, **event: Any) -> None:
+        """Fire ``trigger``; when it moves, the next snapshot is the previous one with ``changes``."""
         before = self._model.state
         if not self._model.trigger(trigger.value, **event):
             return  # a guard held (the timer is not due yet)
         after = self._model.state
-        if after is not State.BACKOFF:
-            self._next_attempt_at = None
-        self._snapshot = snapshot = self._make_snapshot(at, self._snapshot.seq + 1)
+        prev = self._snapshot
+        changes.setdefault("next_attempt_at", None)  # only a move to BACKOFF sets it
+        self._snapshot = snapshot = replace(prev, state=after, state_since=at, taken_at=at, seq=prev.seq + 1,
+                                            **changes)
         if snapshot.terminal:
             self._transport.close()
         if self._hooks:  # no records for nobody (a simulated fleet has no hooks)
@@ -317,12 +314,12 @@ class Driver(Generic[T]):
         default_logger().error(f"{self.kind}.{what}", **fields)
 
     def _attempt_once(self, now: float) -> None:
-        assert self._started_at is not None
-        timeout = self._policy.attempt_timeout(now - self._started_at)
-        if timeout <= 0:
-            self._fail(now, Reason.DEADLINE)
+        prev = self._snapshot
+        assert prev.started_at is not None
+        timeout = self._policy.attempt_timeout(now - prev.started_at)
+        if timeout <= 0:  # no time left for the attempt this REGISTERING began
+            self._fire(Trigger.ATTEMPT_DONE, now, {"reason": Reason.DEADLINE}, verdict=Verdict.GIVE_UP)
             return
-        self._attempt += 1
         try:
             outcome = self._perform(timeout)
         except AssertionError:
@@ -330,54 +327,30 @@ class Driver(Generic[T]):
         except Exception as exc:  # noqa: BLE001 - a custom transport's bug must not kill the driver
             outcome = Outcome.of_failure(Failure.INTERNAL, cause_of(exc))
         after = self._clock.now()
-        self._last_status = outcome.status
-        self._last_error = outcome.cause
+        changes: dict[str, Any] = {"last_status": outcome.status, "last_error": outcome.cause}
         if outcome.failure is Failure.CANCELLED:
-            self._reason = Reason.CANCELLED.value
+            changes["reason"] = Reason.CANCELLED
             decision = Decision(Verdict.GIVE_UP, Reason.CANCELLED)
-            self._fire(Trigger.CANCEL, after, (outcome, decision, now))
+            self._fire(Trigger.CANCEL, after, changes, (outcome, decision, now))
             return
         try:
             decision = self._policy.decide(
                 outcome,
-                attempt=self._attempt,
+                attempt=prev.attempt,
                 lane_failures=self._lanes,
-                elapsed_s=after - self._started_at,
+                elapsed_s=after - prev.started_at,
                 now=after,
                 rng=self._rng,
             )
         except Exception as exc:  # noqa: BLE001 - a policy bug must not strand the machine mid-attempt
-            self._last_error = cause_of(exc)
+            changes["last_error"] = cause_of(exc)
             decision = Decision(Verdict.GIVE_UP, Reason.PERMANENT)
         if decision.verdict is Verdict.RETRY:
             assert decision.delay_s is not None
             self._lanes = decision.lanes
-            self._next_attempt_at = after + decision.delay_s
+            changes["next_attempt_at"] = after + decision.delay_s
         else:
-            self._reason = decision.reason.value
-        self._fire(Trigger.ATTEMPT_DONE, after, (outcome, decision, now), verdict=decision.verdict)
-
-    def _fail(self, now: float, reason: Reason) -> None:
-        self._reason = reason.value
-        trigger = Trigger.CANCEL if reason is Reason.CANCELLED else Trigger.ATTEMPT_DONE
-        self._fire(trigger, now, verdict=Verdict.GIVE_UP)
-
-    def _make_snapshot(self, now: float, seq: int) -> Snapshot:
-        return Snapshot(
-            state=self._model.state,
-            url=self._url,
-            attempt=self._attempt,
-            max_attempts=self._policy.max_attempts,
-            started_at=self._started_at,
-            state_since=now,  # a snapshot is made per transition
-            next_attempt_at=self._next_attempt_at,
-            last_status=self._last_status,
-            last_error=self._last_error,
-            reason=self._reason,
-            taken_at=now,
-            seq=seq,
-            name=self.name,
-            kind=self.kind,
-            deadline_s=self._policy.deadline_s,
-            info=self._info,
-        )
+            changes["reason"] = decision.reason
+            if decision.verdict is Verdict.REGISTERED:
+                changes["info"] = outcome.value
+        self._fire(Trigger.ATTEMPT_DONE, after, changes, (outcome, decision, now), verdict=decision.verdict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class Failure(str, Enum):
@@ -40,6 +41,7 @@ class Outcome:
     date: str | None = None  # the response's Date header: the reference for an HTTP-date Retry-After
     failure: Failure | None = None
     cause: Cause | None = None
+    value: Any = None  # what a successful attempt produced (a discovery's PrefillInfo)
 
     @classmethod
     def of_status(cls, status: int, body: str = "", *, retry_after: str | None = None,
@@ -56,3 +58,22 @@ class Outcome:
             excerpt = " ".join(self.body.split())[:200]
             return f"HTTP {self.status}" + (f": {excerpt}" if excerpt else "")
         return str(self.cause) if self.cause else str(self.failure)
+
+
+def chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its ``__cause__``/``__context__`` ancestors, outermost first."""
+    out = [exc]
+    while (inner := out[-1].__cause__ or out[-1].__context__) is not None and inner not in out:
+        out.append(inner)
+    return out
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of the ``__cause__``/``__context__`` chain."""
+    return chain(exc)[-1]
+
+
+def cause_of(exc: BaseException) -> Cause:
+    """The innermost exception of ``exc``'s chain, as a Cause."""
+    inner = root_cause(exc)
+    return Cause(type(inner).__name__, str(inner))

@@ -6,9 +6,11 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
-from coordinator.validate import finite
+from coordinator import validate
 from coordinator.clock import Rng
+from coordinator.validate import finite
 from coordinator.outcome import Failure, Outcome
 from states import Verdict
 
@@ -22,12 +24,17 @@ class Lane(str, Enum):
 
 
 class Reason(str, Enum):
+    """Why a driver reached its state; the value is what JSON, logs and metrics show."""
+
     REGISTERED = "registered"
     RETRY = "retry"
     PERMANENT = "permanent"  # an answer that retrying cannot change (4xx, 3xx)
     EXHAUSTED = "exhausted"  # max_attempts used up
     DEADLINE = "deadline"  # no time left for another attempt
     CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 _RETRYABLE_STATUS = frozenset({408, 429})
@@ -59,8 +66,7 @@ class Backoff:
             object.__setattr__(self, name, finite(f"Backoff.{name}", getattr(self, name), positive=True))
         if self.jitter is not None and finite("Backoff.jitter", self.jitter, positive=False) > 1:
             raise ValueError(f"Backoff.jitter must be in [0, 1], got {self.jitter}")
-        if not isinstance(self.spread_first, bool):
-            raise TypeError(f"Backoff.spread_first must be a bool, got {type(self.spread_first).__name__}")
+        validate.flag(self.spread_first, "Backoff.spread_first")
         if self.cap_s < self.initial_s:
             raise ValueError(
                 f"Backoff.cap_s ({self.cap_s}) must be >= initial_s ({self.initial_s})"
@@ -120,6 +126,30 @@ class Decision:
     lanes: LaneCounts = NO_FAILURES  # the counts to pass with the next attempt
 
 
+def retry(lane: Lane, delay_s: float, lane_failures: Mapping[Lane, int]) -> Decision:
+    """Retry in ``lane`` after ``delay_s``, with that lane's failure counted."""
+    lanes = lane_failures if isinstance(lane_failures, LaneCounts) else LaneCounts(lane_failures)
+    return Decision(Verdict.RETRY, Reason.RETRY, lane, delay_s, lanes.plus_one(lane))
+
+
+class Policy(Protocol):
+    """What a driver needs of a retry policy: :class:`RetryPolicy`, or a model of upstream's loops
+    (:mod:`coordinator.sim.upstream`)."""
+
+    @property
+    def max_attempts(self) -> int | None: ...
+
+    @property
+    def deadline_s(self) -> float | None: ...
+
+    def attempt_timeout(self, elapsed_s: float) -> float:
+        """The timeout of an attempt beginning ``elapsed_s`` after the first; <= 0: none fits."""
+
+    def decide(self, outcome: Outcome, *, attempt: int, lane_failures: Mapping[Lane, int], elapsed_s: float,
+               now: float, rng: Rng) -> Decision:
+        """What follows attempt ``attempt`` (1-based) that produced ``outcome``."""
+
+
 def retry_after_seconds(outcome: Outcome) -> float | None:
     """``Retry-After`` as seconds, or None when absent or garbage.
 
@@ -166,17 +196,11 @@ class RetryPolicy:
     pending: Backoff = field(default_factory=lambda: Backoff(0.1, 0.4))
     jitter: float = 0.5
     honor_retry_after: bool = True
-    # The two below exist to reproduce upstream (sglang_pr25125); keep them off.
-    retry_permanent: bool = False
-    clock_jitter: bool = False
 
     def __post_init__(self) -> None:
         owner = "RetryPolicy"
         if self.max_attempts is not None:
-            if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-                raise TypeError(f"{owner}.max_attempts must be an int or None")
-            if self.max_attempts < 1:
-                raise ValueError(f"{owner}.max_attempts must be >= 1, got {self.max_attempts}")
+            validate.int_in(self.max_attempts, f"{owner}.max_attempts", low=1)
         if self.deadline_s is not None:
             finite(f"{owner}.deadline_s", self.deadline_s, positive=True)
         finite(f"{owner}.attempt_timeout_s", self.attempt_timeout_s, positive=True)
@@ -187,48 +211,7 @@ class RetryPolicy:
         finite(f"{owner}.jitter", self.jitter, positive=False)
         if self.jitter > 1:
             raise ValueError(f"{owner}.jitter must be in [0, 1], got {self.jitter}")
-
-    @classmethod
-    def sglang_pr25125(cls) -> RetryPolicy:
-        """Upstream's loop, exactly: 5 attempts, ``min(2**k, 30) * (0.75 + 0.25 * (now % 1))``.
-
-        Every failure retried alike, no deadline, no Retry-After; the jitter comes
-        from the clock, which every process on a host shares.
-        """
-        return cls(
-            max_attempts=5,
-            deadline_s=None,
-            attempt_timeout_s=5.0,
-            refused=None,
-            trouble=Backoff(1.0, 30.0),
-            jitter=0.25,
-            honor_retry_after=False,
-            retry_permanent=True,
-            clock_jitter=True,
-        )
-
-    @classmethod
-    def sglang_decode(cls) -> RetryPolicy:
-        """Upstream's decode-side wait (``_ensure_prefill_info``): one lookup per second,
-        no backoff, no jitter, every failure alike, 15 attempts, then the waiting
-        requests are aborted.
-
-        The model leaves out two things, both in upstream's disfavour: upstream looks
-        only while requests wait, and each lookup blocks the decode scheduler thread for
-        up to its 5 s timeout.
-        """
-        steady = Backoff(1.0, 1.0)
-        return cls(
-            max_attempts=15,
-            deadline_s=None,
-            attempt_timeout_s=5.0,
-            refused=steady,
-            trouble=steady,
-            pending=steady,
-            jitter=0.0,
-            honor_retry_after=False,
-            retry_permanent=True,
-        )
+        validate.flag(self.honor_retry_after, f"{owner}.honor_retry_after")
 
     def backoff(self, lane: Lane) -> Backoff:
         if lane is Lane.PENDING:
@@ -244,12 +227,10 @@ class RetryPolicy:
         if outcome.failure is Failure.INVALID:
             return None
         if outcome.status is not None:
-            if outcome.status >= 500 or outcome.status in _RETRYABLE_STATUS:
-                return Lane.TROUBLE
-            return Lane.TROUBLE if self.retry_permanent else None
+            return Lane.TROUBLE if outcome.status >= 500 or outcome.status in _RETRYABLE_STATUS else None
         if outcome.failure in _REFUSED_FAILURES:
             return Lane.REFUSED if self.refused is not None else Lane.TROUBLE
-        if outcome.failure in _TROUBLE_FAILURES or self.retry_permanent:
+        if outcome.failure in _TROUBLE_FAILURES:
             return Lane.TROUBLE
         return None
 
@@ -292,8 +273,8 @@ class RetryPolicy:
         """What follows attempt number ``attempt`` (1-based) that produced ``outcome``.
 
         ``lane_failures`` counts earlier failures per lane (the previous decision's
-        ``lanes``); ``elapsed_s`` is the time since the first attempt began; ``now``
-        feeds only upstream's clock jitter.
+        ``lanes``); ``elapsed_s`` is the time since the first attempt began. ``now`` is
+        part of the :class:`Policy` call; this policy's delays do not depend on it.
         """
         if outcome.status == 200 and outcome.failure is None:
             return Decision(Verdict.REGISTERED, Reason.REGISTERED)
@@ -305,12 +286,9 @@ class RetryPolicy:
         ra = retry_after_seconds(outcome) if self.honor_retry_after else None
         n = lane_failures.get(lane, 0) + 1
         low, high = self.delay_bounds(lane, n, ra)
-        # Upstream's jitter reads the shared clock (written as upstream writes it, so the
-        # figures match to the bit); ours draws from an independent generator.
+        # Drawn from the driver's own generator: ranks that failed together must not retry together.
         if ra is not None:
-            delay = low + (high - low) * ((now % 1.0) if self.clock_jitter else rng.random())
-        elif self.clock_jitter:
-            delay = high * ((1 - self.jitter) + self.jitter * (now % 1.0))
+            delay = low + (high - low) * rng.random()
         else:
             delay = high * (1 - self.jitter_of(lane, n) * rng.random())
         if self.deadline_s is not None:
@@ -320,5 +298,4 @@ class RetryPolicy:
             if room < _MIN_SLEEP_S:
                 return Decision(Verdict.GIVE_UP, Reason.DEADLINE, lane)
             delay = min(delay, room)
-        lanes = lane_failures if isinstance(lane_failures, LaneCounts) else LaneCounts(lane_failures)
-        return Decision(Verdict.RETRY, Reason.RETRY, lane, delay, lanes.plus_one(lane))
+        return retry(lane, delay, lane_failures)

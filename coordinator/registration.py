@@ -12,8 +12,9 @@ from coordinator.clock import Clock, Rng
 from coordinator.driver import Driver, StartupFailed
 from coordinator.instrumentation import Hook
 from coordinator.outcome import Outcome
-from coordinator.payload import encode_payload, validate_payload
-from coordinator.policy import RetryPolicy
+from coordinator.protocol import encode_payload, validate_payload
+from coordinator.policy import Policy
+from coordinator.snapshot import Kind
 from coordinator.transport import HttpTransport, Transport
 
 
@@ -29,7 +30,7 @@ class Registration(Driver[Transport]):
     on a daemon thread. ``snapshot()`` may be called from any thread at any time.
     """
 
-    kind = "registration"
+    kind = Kind.REGISTRATION
     failure = RegistrationFailed
 
     def __init__(
@@ -37,7 +38,7 @@ class Registration(Driver[Transport]):
         url: str,
         payload: Mapping[str, Any],
         *,
-        policy: RetryPolicy | None = None,
+        policy: Policy | None = None,
         clock: Clock | None = None,
         rng: Rng | None = None,
         session: requests.Session | None = None,

@@ -1,23 +1,37 @@
-"""The frozen view of a registration that readers in any thread may hold."""
+"""The frozen view of a driver that readers in any thread may hold."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from coordinator.outcome import Cause
+from coordinator.policy import Reason
 from states import TERMINAL, State
 
 if TYPE_CHECKING:
-    from coordinator.prefill_info import PrefillInfo
+    from coordinator.protocol import PrefillInfo
+
+
+class Kind(str, Enum):
+    """Which side a driver serves; the value is what JSON, logs and metrics show."""
+
+    REGISTRATION = "registration"  # the prefill side: one rank's PUT /route
+    DISCOVERY = "discovery"  # the decode side: a prefill instance's topology
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One consistent instant of a registration; the driver swaps in a new one per step.
+    """One consistent instant of a driver; the driver makes the next one from this one
+    at every transition (``dataclasses.replace``), and swaps it in whole.
 
-    Times are on the registration's clock. ``reason`` says why a terminal state was
-    reached (registered, permanent, exhausted, deadline, cancelled), else None.
+    Times are on the driver's clock. ``attempt`` counts attempts begun (the first one
+    in flight is attempt 1). ``reason`` says why a terminal state was reached
+    (registered, permanent, exhausted, deadline, cancelled), else None.
     """
 
     state: State
@@ -29,11 +43,11 @@ class Snapshot:
     next_attempt_at: float | None
     last_status: int | None
     last_error: Cause | None
-    reason: str | None
+    reason: Reason | None
     taken_at: float
     seq: int
     name: str | None = None  # the driver's name= (a rank, a prefill address); probes show it
-    kind: str = "registration"  # "registration" (prefill side) or "discovery" (decode side)
+    kind: Kind = Kind.REGISTRATION
     deadline_s: float | None = None  # the policy's budget from the first attempt
     info: PrefillInfo | None = None  # a discovery's result, once REGISTERED
 
@@ -51,12 +65,30 @@ class Snapshot:
             return None
         return max(0.0, self.next_attempt_at - now)
 
+    def describe(self, now: float) -> str:
+        """The one-line status that verbose probes, sd_notify and the CLI show."""
+        if self.state is State.REGISTERED:
+            return f"REGISTERED after {self.attempt} attempt(s)"
+        failed = self.state is State.FAILED
+        parts = [self.state.value + (f" ({self.reason})" if failed else ""), f"attempt {self.attempt}"]
+        if self.last_status is not None:
+            parts.append(f"HTTP {self.last_status}")
+        if self.last_error is not None:
+            # The type says enough while retrying; a final failure says why in full.
+            parts.append(str(self.last_error) if failed else self.last_error.type)
+        wait = self.seconds_to_next_attempt(now)
+        if wait is not None:
+            parts.append(f"next attempt in {wait:.2f} s")
+        return ", ".join(parts)
+
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         """JSON-ready. With ``now`` (same clock), the wait until the next attempt too."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "info"}
         out["state"] = self.state.value
+        out["kind"] = self.kind.value
+        out["reason"] = None if self.reason is None else self.reason.value
         out["last_error"] = None if self.last_error is None else asdict(self.last_error)
-        if self.kind == "discovery":
+        if self.kind is Kind.DISCOVERY:
             out["info"] = None if self.info is None else self.info.to_dict()
         out["elapsed_s"] = self.elapsed_s
         if now is not None:

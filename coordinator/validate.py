@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from typing import TypeGuard
 from urllib.parse import urlsplit
 
 # ASCII digits only: int() would also take "+1", " 1", "1_0" and "١" (an Arabic-Indic one).
@@ -55,10 +56,38 @@ def finite(field: str, value: object, *, positive: bool) -> float:
     return as_float
 
 
+def is_int(value: object) -> TypeGuard[int]:
+    """An int that is not a bool: True as a rank or a size is a bug, not a 1."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def int_in(value: object, field: str, *, low: int | None = None, high: int | None = None) -> int:
+    """An int (not a bool) within ``[low, high]`` (either end optional)."""
+    if not is_int(value):
+        raise TypeError(f"{field} must be an integer, got {type(value).__name__}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+        raise ValueError(f"{field} must be {bound}, got {value}")
+    return value
+
+
+def of_type(value: object, kind: type, field: str) -> object:
+    """``value`` if it is a ``kind`` as JSON means it: a bool is no int, and an int no bool."""
+    if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
+        raise TypeError(f"{field} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def flag(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{field} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def port(value: object, field: str = "port", *, allow_zero: bool = False) -> int:
     """A TCP port; 0 ("any free port") only where binding allows it."""
     low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
+    if not is_int(value) or not low <= value <= 65535:
         raise ValueError(f"{field} must be an integer in [{low}, 65535], got {value!r}")
     return value
 

@@ -31,7 +31,7 @@ import requests
 
 from coordinator import BootstrapServer, FakeClock, Registration, RetryPolicy
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.sim import Scenario, compare, draw_trials, simulate
 from coordinator.testing import ScriptedTransport
 from states import State

@@ -27,7 +27,7 @@ from typing import Any
 
 from coordinator import BootstrapServer, Registration, RetryPolicy, Snapshot
 from coordinator.clock import SystemClock
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.testing import free_port
 from states import State
 

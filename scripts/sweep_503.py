@@ -19,6 +19,7 @@ from typing import Any
 
 from coordinator import Backoff, RetryPolicy
 from coordinator.sim import Scenario, simulate
+from coordinator.sim.upstream import sglang_pr25125
 
 # The refused lane: (initial s, cap s, its jitter, spread_first). The previous default first.
 CANDIDATES: tuple[tuple[float, float, float, bool], ...] = (
@@ -40,7 +41,7 @@ def _policy(initial: float, cap: float, jitter: float, spread_first: bool) -> Re
 def _run(job: tuple[str, tuple[float, float, float, bool] | None, int, int]) -> dict[str, Any]:
     scenario_name, candidate, ranks, trials = job
     scenario = Scenario(unavailable_s=10.0) if scenario_name == "503" else Scenario()
-    policy = RetryPolicy.sglang_pr25125() if candidate is None else _policy(*candidate)
+    policy = sglang_pr25125() if candidate is None else _policy(*candidate)
     r = simulate(scenario, policy, ranks=ranks, trials=trials, seed=0)
     return {"scenario": scenario_name, "candidate": candidate, "success": r.success_rate,
             "p99": r.lag_p99_s, "peak": r.peak_handled_per_100ms, "handled": r.handled_per_rank}

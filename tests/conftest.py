@@ -11,7 +11,7 @@ import pytest
 
 from coordinator.clock import FakeClock
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.testing import ScriptedTransport, free_port, ipv6_available  # noqa: F401 - shared with the tests
 
 REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "[Errno 111] Connection refused"))

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from coordinator import FakeClock, Registration, health
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.testing import ScriptedTransport, free_port
 from states import State
 

@@ -8,7 +8,8 @@ import random
 import pytest
 
 from coordinator import FakeClock, PayloadError, Registration, RetryPolicy, bootstrap_url, health
-from coordinator.payload import REQUIRED_FIELDS, example_payload
+from coordinator.protocol import REQUIRED_FIELDS
+from coordinator.testing import example_payload
 
 from conftest import ScriptedTransport, status
 

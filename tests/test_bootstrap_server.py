@@ -14,7 +14,8 @@ import requests
 
 from coordinator.server import MAX_BODY_BYTES, BootstrapServer
 from coordinator.testing.faultserver import ipv6_available
-from coordinator.payload import PayloadError, example_payload, validate_payload
+from coordinator.protocol import PayloadError, validate_payload
+from coordinator.testing import example_payload
 
 TOKEN = "s3cret-t0ken"
 TOPOLOGY_QUERY = (-1, -1, -1, -1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from coordinator import BootstrapServer
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 
 from conftest import free_port
 

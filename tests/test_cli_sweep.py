@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from coordinator.cli import main
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 
 PAYLOAD = json.dumps(example_payload())
 BASE = {

@@ -13,7 +13,7 @@ import pytest
 
 from coordinator import BootstrapServer, Registration
 from coordinator.cli import main
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ import pytest
 
 from coordinator import Backoff, FakeClock, Registration, RetryPolicy, SystemClock
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.snapshot import Snapshot
 from coordinator.testing import ScriptedTransport
 from states import TERMINAL, TRANSITIONS, State
@@ -50,14 +50,15 @@ def check_consistent(s: Snapshot) -> None:
         return
     assert s.started_at is not None and s.started_at <= s.state_since, s
     # In this run attempts alternate REGISTERING -> BACKOFF -> REGISTERING, one transition each:
-    # seq 1 is the first REGISTERING (attempt 0), seq 2k the k-th BACKOFF, seq 2k+1 the next REGISTERING.
+    # seq 1 is the first REGISTERING (attempt 1 in flight), seq 2k the k-th BACKOFF, seq 2k+1 the next
+    # REGISTERING (attempt k+1).
     if s.state is State.BACKOFF:
         assert s.seq == 2 * s.attempt, s
         assert s.next_attempt_at >= s.taken_at, s
         assert s.last_error == REFUSED.cause and s.last_status is None, s
     elif s.state is State.REGISTERING:
-        assert s.seq == 2 * s.attempt + 1, s
-        assert (s.last_error is None) == (s.attempt == 0), s
+        assert s.seq == 2 * s.attempt - 1, s
+        assert (s.last_error is None) == (s.attempt == 1), s
     else:
         assert (s.state, s.reason) == (State.FAILED, "cancelled"), s
 

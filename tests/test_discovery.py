@@ -17,7 +17,7 @@ from coordinator import (
     RetryPolicy,
 )
 from coordinator.clock import SystemClock
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.policy import Lane
 from coordinator.testing import ScriptedTransport, ScriptExhausted
 from states import State
@@ -199,7 +199,7 @@ def test_discovery_started_before_the_server_sees_8_late_ranks_within_half_a_sec
     targets = [(0, 0, tp, 0) for tp in range(8)]
     d = Discovery(f"127.0.0.1:{port}", targets=targets, expect={"page_size": 1, "kv_cache_dtype": "auto"},
                   hooks=(), name="prefill0")
-    d.add_listener(lambda s: s.attempt >= 1 and first_refusal.set())
+    d.add_listener(lambda s: s.last_error is not None and first_refusal.set())
     d.start()
     regs: list[Registration] = []
     try:

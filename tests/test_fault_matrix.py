@@ -23,7 +23,7 @@ import pytest
 
 from coordinator import Backoff, BootstrapServer, FakeClock, Registration, RegistrationFailed, RetryPolicy, Snapshot
 from coordinator.outcome import Outcome
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.testing import TimingTransport
 from coordinator.transport import HttpTransport
 from states import State

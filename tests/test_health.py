@@ -137,7 +137,7 @@ def test_verbose_failed_says_why_in_full() -> None:
 
 
 def _payload() -> dict:  # type: ignore[type-arg]
-    from coordinator.payload import example_payload
+    from coordinator.testing import example_payload
 
     return example_payload()
 

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from coordinator import Discovery, FakeClock, Registration
 from coordinator.instrumentation import AttemptRecord, PrometheusHook, TransitionRecord
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.testing import ScriptedTransport
 from states import State, Trigger
 

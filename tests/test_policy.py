@@ -9,6 +9,7 @@ import pytest
 
 from coordinator import Backoff, Lane, Reason, RetryPolicy
 from coordinator.outcome import Failure
+from coordinator.sim.upstream import sglang_pr25125
 from coordinator.policy import retry_after_seconds
 from states import Verdict
 
@@ -100,14 +101,14 @@ def test_same_instant_different_generators_draw_different_delays() -> None:
 
 
 def test_upstream_jitter_is_shared_by_ranks_failing_together() -> None:
-    upstream = RetryPolicy.sglang_pr25125()
+    upstream = sglang_pr25125()
     a = decide(upstream, REFUSED, now=7.25, seed=1).delay_s
     b = decide(upstream, REFUSED, now=7.25, seed=2).delay_s
     assert a == b  # the very correlation this project removes
 
 
 def test_upstream_schedule_exactly() -> None:
-    upstream = RetryPolicy.sglang_pr25125()
+    upstream = sglang_pr25125()
     for k, now in enumerate([0.08, 1.03, 2.89, 6.48]):
         d = decide(upstream, REFUSED, attempt=k + 1, failures={Lane.TROUBLE: k}, now=now)
         assert d.delay_s == pytest.approx(min(2**k, 30) * (0.75 + 0.25 * (now % 1)))
@@ -116,7 +117,7 @@ def test_upstream_schedule_exactly() -> None:
 
 
 def test_upstream_retries_permanent_errors() -> None:
-    d = decide(RetryPolicy.sglang_pr25125(), status(404))
+    d = decide(sglang_pr25125(), status(404))
     assert d.verdict is Verdict.RETRY
 
 

@@ -9,7 +9,9 @@ import pytest
 
 from coordinator import (FakeClock, Registration, RegistrationFailed, RetryPolicy, bootstrap_url)
 from coordinator.outcome import Failure
-from coordinator.transport import HttpTransport, classify_exception, root_cause
+from coordinator.outcome import root_cause
+from coordinator.sim.upstream import sglang_pr25125
+from coordinator.transport import HttpTransport, classify_exception
 from states import State
 
 from conftest import REFUSED, TIMEOUT, ScriptedServer, ScriptedTransport, free_port, ipv6_available, status
@@ -29,14 +31,14 @@ def make(transport: ScriptedTransport, clock: FakeClock, payload: dict, **kw) ->
 # -- upstream's seven cases, on both policies where they apply --------------------------------
 
 
-@pytest.mark.parametrize("policy", [RetryPolicy(), RetryPolicy.sglang_pr25125()], ids=["ours", "upstream"])
+@pytest.mark.parametrize("policy", [RetryPolicy(), sglang_pr25125()], ids=["ours", "upstream"])
 def test_first_attempt_success_does_not_sleep(policy, clock, payload) -> None:  # type: ignore[no-untyped-def]
     t = ScriptedTransport([], then=status(200, "OK"))
     snap = make(t, clock, payload, policy=policy).run()
     assert (snap.state, snap.attempt, clock.sleeps) == (State.REGISTERED, 1, [])
 
 
-@pytest.mark.parametrize("policy", [RetryPolicy(), RetryPolicy.sglang_pr25125()], ids=["ours", "upstream"])
+@pytest.mark.parametrize("policy", [RetryPolicy(), sglang_pr25125()], ids=["ours", "upstream"])
 def test_success_after_retries(policy, clock, payload) -> None:  # type: ignore[no-untyped-def]
     t = ScriptedTransport([REFUSED, REFUSED], then=status(200, "OK"))
     snap = make(t, clock, payload, policy=policy).run()
@@ -46,7 +48,7 @@ def test_success_after_retries(policy, clock, payload) -> None:  # type: ignore[
 def test_all_attempts_exhausted(clock, payload, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.DEBUG, "coordinator")
     t = ScriptedTransport([], then=REFUSED)
-    snap = make(t, clock, payload, policy=RetryPolicy.sglang_pr25125()).run()
+    snap = make(t, clock, payload, policy=sglang_pr25125()).run()
     assert (snap.state, snap.reason, snap.attempt, len(clock.sleeps)) == (State.FAILED, "exhausted", 5, 4)
     [failed] = events(caplog, "registration.failed")
     assert failed["error_type"] == "ConnectionRefusedError" and failed["attempt"] == 5
@@ -75,7 +77,7 @@ def test_root_cause_of_plain_exception() -> None:
 
 def test_exponential_delays_upstream(payload) -> None:  # type: ignore[no-untyped-def]
     clock = FakeClock(0.0)
-    snap = make(ScriptedTransport([], then=REFUSED), clock, payload, policy=RetryPolicy.sglang_pr25125()).run()
+    snap = make(ScriptedTransport([], then=REFUSED), clock, payload, policy=sglang_pr25125()).run()
     assert snap.state is State.FAILED
     expected, now = [], 0.0
     for k in range(4):  # upstream's formula, its jitter read from the clock at each failure
@@ -304,7 +306,7 @@ def test_transport_keeps_one_connection_across_attempts(payload) -> None:  # typ
     server._server.get_request = counting_accept  # type: ignore[attr-defined]
     transport = HttpTransport()
     try:
-        from coordinator.payload import encode_payload
+        from coordinator.protocol import encode_payload
 
         body = encode_payload(payload)
         codes = [transport.attempt(server.url, body, 2.0).status for _ in range(3)]

@@ -10,8 +10,8 @@ from typing import Any
 
 from coordinator import BootstrapServer, Registration, RetryPolicy, Snapshot
 from coordinator.clock import SystemClock
-from coordinator.payload import example_payload
-from coordinator.stdlib_server import Handler, Running, Server
+from coordinator.testing import example_payload
+from coordinator.server._base import Handler, Running, Server
 from coordinator.testing import free_port
 from states import State
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transitions import MachineError
 
-from coordinator import diagram
+from coordinator.cli import diagram
 from coordinator.driver import build_machine
 from states import GUARDS, TERMINAL, TRANSITIONS, State, Trigger, Verdict
 

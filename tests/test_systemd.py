@@ -12,7 +12,7 @@ import pytest
 from coordinator import BootstrapServer, FakeClock, Registration, RetryPolicy
 from coordinator.cli import main
 from coordinator.instrumentation import SystemdNotifier
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.testing import ScriptedTransport
 from states import State
 

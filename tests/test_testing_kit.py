@@ -29,7 +29,7 @@ def test_done_when_four_attempts_three_sleeps() -> None:
 
 
 def _payload() -> dict:  # type: ignore[type-arg]
-    from coordinator.payload import example_payload
+    from coordinator.testing import example_payload
 
     return example_payload()
 

@@ -11,8 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from coordinator.cli import bootstrap_server, demo, diagram, register, simulate, wait
-from coordinator.cli._common import EXIT_USAGE, UsageError, configure_logging
-from coordinator.payload import PayloadError
+from coordinator.cli._logging import configure_logging
+from coordinator.cli._options import UsageError
+from coordinator.cli._run import EXIT_USAGE
+from coordinator.protocol import PayloadError
 
 COMMANDS = (demo, register, wait, bootstrap_server, diagram, simulate)
 

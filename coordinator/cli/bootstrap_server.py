@@ -7,8 +7,9 @@ import signal
 import threading
 from typing import Any
 
-from coordinator.argtypes import bind_port, host
-from coordinator.cli._common import EXIT_OK, UsageError, token_from_env
+from coordinator.cli._argtypes import bind_port, host
+from coordinator.cli._options import UsageError, token_from_env
+from coordinator.cli._run import EXIT_OK
 from coordinator.server import BootstrapServer
 
 

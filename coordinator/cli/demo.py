@@ -11,13 +11,13 @@ from typing import Any
 import requests
 
 from coordinator import health
-from coordinator.address import bootstrap_url
-from coordinator.argtypes import count, non_negative, positive
-from coordinator.cli._common import EXIT_FAILED, EXIT_OK
+from coordinator.protocol import bootstrap_url
+from coordinator.cli._argtypes import count, non_negative, positive
+from coordinator.cli._run import EXIT_FAILED, EXIT_OK
 from coordinator.clock import SystemClock
 from coordinator.discovery import Discovery
 from coordinator.discovery import default_policy as discovery_policy
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.policy import RetryPolicy
 from coordinator.registration import Registration
 from coordinator.server import BootstrapServer

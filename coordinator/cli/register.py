@@ -7,19 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from coordinator.address import bootstrap_url
-from coordinator.argtypes import host_port, host_port_text
-from coordinator.cli._common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    UsageError,
-    add_health_args,
-    add_policy_args,
-    hooks,
-    drive,
-    policy_from,
-    token_from_env,
-)
+from coordinator.protocol import bootstrap_url
+from coordinator.cli._argtypes import host_port, host_port_text
+from coordinator.cli._options import UsageError, add_health_args, add_policy_args, hooks, policy_from, token_from_env
+from coordinator.cli._run import EXIT_FAILED, EXIT_OK, drive
 from coordinator.registration import Registration
 from states import State
 

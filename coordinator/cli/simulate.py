@@ -9,8 +9,8 @@ import sys
 
 from typing import Any
 
-from coordinator.argtypes import count, non_negative, seed
-from coordinator.cli._common import EXIT_OK, EXIT_USAGE
+from coordinator.cli._argtypes import count, non_negative, seed
+from coordinator.cli._run import EXIT_OK, EXIT_USAGE
 from coordinator.sim import (
     DEFAULT_RANKS,
     DEFAULT_TRIALS,

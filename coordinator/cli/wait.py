@@ -9,19 +9,9 @@ import subprocess
 import sys
 from typing import Any
 
-from coordinator.argtypes import bootstrap, count, kv_cache_dtype, target
-from coordinator.cli._common import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_TIMEOUT,
-    UsageError,
-    add_health_args,
-    add_policy_args,
-    hooks,
-    drive,
-    policy_from,
-)
+from coordinator.cli._argtypes import bootstrap, count, kv_cache_dtype, target
+from coordinator.cli._options import UsageError, add_health_args, add_policy_args, hooks, policy_from
+from coordinator.cli._run import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, drive
 from coordinator.discovery import DEFAULT_DEADLINE_S, Discovery
 from coordinator.discovery import default_policy as discovery_policy
 from states import State

@@ -26,14 +26,14 @@ def _summary(snapshot: Snapshot, now: float) -> dict[str, Any]:
     err = snapshot.last_error
     return {
         "name": snapshot.name,
-        "kind": snapshot.kind,
+        "kind": snapshot.kind.value,
         "state": snapshot.state.value,
         "attempt": snapshot.attempt,
         "max_attempts": snapshot.max_attempts,
         "seconds_to_next_attempt": snapshot.seconds_to_next_attempt(now),
         "last_status": snapshot.last_status,
         "last_error": None if err is None else {"type": err.type, "message": err.message},
-        "reason": snapshot.reason,
+        "reason": None if snapshot.reason is None else snapshot.reason.value,
     }
 
 
@@ -72,21 +72,6 @@ def label(snapshot: Snapshot) -> str:
     return snapshot.name or snapshot.url
 
 
-def _why(snapshot: Snapshot, now: float) -> str:
-    parts = [snapshot.state.value + (f" ({snapshot.reason})" if snapshot.state is State.FAILED else ""),
-             f"attempt {snapshot.attempt}"]
-    if snapshot.last_status is not None:
-        parts.append(f"HTTP {snapshot.last_status}")
-    if snapshot.last_error is not None:
-        err = snapshot.last_error
-        # The type says enough while retrying; a final failure says why in full.
-        parts.append(str(err) if snapshot.state is State.FAILED else err.type)
-    wait = snapshot.seconds_to_next_attempt(now)
-    if wait is not None:
-        parts.append(f"next attempt in {wait:.2f} s")
-    return ", ".join(parts)
-
-
 def verbose(path: str, snapshots: Sequence[Snapshot], now: float, exclude: Sequence[str] = ()) -> tuple[int, str]:
     """kube-apiserver's ``?verbose`` text for ``path``; drivers named in ``exclude`` are left out."""
     if path not in CHECKS:
@@ -100,7 +85,7 @@ def verbose(path: str, snapshots: Sequence[Snapshot], now: float, exclude: Seque
             lines.append(f"[+]{name} ok")
         else:
             ok = False
-            lines.append(f"[-]{name} failed: {_why(s, now)}")
+            lines.append(f"[-]{name} failed: {s.describe(now)}")
     known = {label(s) for s in snapshots}
     lines += [f'warn: some health checks cannot be excluded: no matches for "{x}"' for x in exclude if x not in known]
     lines.append(f"{path.lstrip('/')} check {'passed' if ok else 'failed'}")

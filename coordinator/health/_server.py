@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from coordinator import validate
 from coordinator.health._answer import answer, as_list
-from coordinator.stdlib_server import Handler, Running, Server
+from coordinator.server._base import Handler, Running, Server
 
 if TYPE_CHECKING:
     from coordinator.driver import Driver

@@ -155,7 +155,7 @@ class LogHook:
         d = self._drivers.get(record.source)
         if d is None:
             s = record.snapshot
-            log = self._logger.bind(url=s.url, **({s.kind: s.name} if s.name else {}))
+            log = self._logger.bind(url=s.url, **({s.kind.value: s.name} if s.name else {}))
             d = self._drivers[record.source] = _Driver(log)
         return d
 
@@ -212,9 +212,9 @@ class LogHook:
             )
         if r.to_state is State.FAILED:
             # A deliberate stop is not an outage: it is worth a warning, not an error.
-            level = logging.WARNING if s.reason == Reason.CANCELLED.value else logging.ERROR
+            level = logging.WARNING if s.reason is Reason.CANCELLED else logging.ERROR
             if self._on(level):
                 fields = _common(s, s.taken_at)
                 fields.update(d.last_failure)
-                fields["reason"] = s.reason
+                fields["reason"] = None if s.reason is None else s.reason.value
                 _emit(d.log, level, f"{kind}.{FAILED}", fields)

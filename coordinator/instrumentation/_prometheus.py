@@ -72,7 +72,7 @@ class PrometheusHook:
 
     def __call__(self, record: Record) -> None:
         s = record.snapshot
-        name = s.name or s.kind
+        name = s.name or s.kind.value
         if isinstance(record, AttemptRecord):
             lane = record.decision.lane.value if record.decision.lane else "none"
             self._f.attempts.labels(name, lane, record.label).inc()
@@ -80,4 +80,4 @@ class PrometheusHook:
         for state in State:
             self._f.state.labels(name, state.value).set(1 if state is record.to_state else 0)
         if record.to_state in TERMINAL:
-            self._f.seconds.labels(name, s.reason or "unknown").observe(s.elapsed_s)
+            self._f.seconds.labels(name, s.reason.value if s.reason else "unknown").observe(s.elapsed_s)

@@ -14,7 +14,6 @@ import os
 import socket
 
 from coordinator.instrumentation._records import Record, TransitionRecord
-from coordinator.snapshot import Snapshot
 from states import TERMINAL, State
 
 _log = logging.getLogger("coordinator")
@@ -28,21 +27,6 @@ NO_DEADLINE_EXTENSION_S = 60.0
 def _address(path: str) -> str:
     # "@name" is an abstract socket: a leading NUL byte on Linux.
     return "\0" + path[1:] if path.startswith("@") else path
-
-
-def _status(s: Snapshot, now: float) -> str:
-    who = f"{s.name}: " if s.name else ""
-    if s.state is State.REGISTERED:
-        return f"{who}REGISTERED after {s.attempt} attempt(s)"
-    parts = [s.state.value + (f" ({s.reason})" if s.state is State.FAILED else ""), f"attempt {s.attempt}"]
-    if s.last_status is not None:
-        parts.append(f"HTTP {s.last_status}")
-    if s.last_error is not None:
-        parts.append(s.last_error.type)
-    wait = s.seconds_to_next_attempt(now)
-    if wait is not None:
-        parts.append(f"next attempt in {wait:.2f} s")
-    return who + ", ".join(parts)
 
 
 class SystemdNotifier:
@@ -68,7 +52,7 @@ class SystemdNotifier:
         if not isinstance(record, TransitionRecord):
             return
         s = record.snapshot
-        lines = [f"STATUS={_status(s, s.taken_at)}"]
+        lines = [f"STATUS={s.name + ': ' if s.name else ''}{s.describe(s.taken_at)}"]
         if s.state is State.REGISTERED:
             lines.append("READY=1")
         elif s.state not in TERMINAL:

@@ -23,14 +23,21 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from coordinator import validate
-from coordinator.address import bootstrap_url
-from coordinator.payload import PayloadError, validate_payload
-from coordinator.server._registry import RankKey, Registry, Rejected
-from coordinator.stdlib_server import Handler, Running, Server
+from coordinator.protocol import (
+    HEALTH_PATH,
+    QUERY_FIELDS,
+    ROUTE_PATH,
+    TOPOLOGY_KEY,
+    PayloadError,
+    RankKey,
+    bootstrap_url,
+    validate_payload,
+)
+from coordinator.server._registry import Registry, Rejected
+from coordinator.server._base import Handler, Running, Server
 
 MAX_BODY_BYTES = 64 * 1024
 _log = logging.getLogger("coordinator.bootstrap_server")
-_QUERY_FIELDS = ("prefill_dp_rank", "prefill_cp_rank", "target_tp_rank", "target_pp_rank")
 
 
 class _HTTPServer(Server):
@@ -47,14 +54,14 @@ class _Handler(Handler):
     def _dispatch(self) -> None:
         self._body_read = False
         path, _, query = self.path.partition("?")
-        if path == "/route":
+        if path == ROUTE_PATH:
             if self.command == "PUT":
                 self._put_route()
             elif self.command == "GET":
                 self._get_route(query)
             else:
                 self._reply(405, "method not allowed", ("Allow", "GET, PUT"))
-        elif path == "/health":
+        elif path == HEALTH_PATH:
             if self.command == "GET":
                 self._reply(200, "OK")
             else:
@@ -124,7 +131,7 @@ class _Handler(Handler):
     def _get_route(self, query: str) -> None:
         params = parse_qs(query, keep_blank_values=True)
         values: list[int] = []
-        for name in _QUERY_FIELDS:
+        for name in QUERY_FIELDS:
             text = params.get(name, [""])[0]
             try:
                 values.append(validate.integer(text, f"query parameter {name!r}"))
@@ -132,7 +139,8 @@ class _Handler(Handler):
                 self._reply(400, f"query parameter {name!r} is required" if not text else str(exc))
                 return
         registry = self.server.registry
-        if values == [-1, -1, -1, -1]:
+        key: RankKey = (values[0], values[1], values[2], values[3])
+        if key == TOPOLOGY_KEY:
             topology = registry.topology()
             if topology is not None:
                 self._reply(200, topology)
@@ -141,7 +149,7 @@ class _Handler(Handler):
             of = "an unknown number (no registration yet)" if expected is None else expected
             self._reply(503, f"{registered} of {of} prefill ranks registered")
             return
-        info = registry.lookup((values[0], values[1], values[2], values[3]))
+        info = registry.lookup(key)
         if info is None:
             self._reply(404, "rank not registered")
         else:
@@ -224,7 +232,7 @@ class BootstrapServer:
 
     @property
     def base_url(self) -> str:
-        return self.url.removesuffix("/route")
+        return self.url.removesuffix(ROUTE_PATH)
 
     @property
     def registered_count(self) -> int:

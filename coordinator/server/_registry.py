@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-RankKey = tuple[int, int, int, int]  # (dp_group, attn_cp_rank, attn_tp_rank, pp_rank)
+from coordinator.protocol import RankKey, dp_of, rank_key
 
 
 class Rejected(Exception):
@@ -20,12 +20,6 @@ class Rejected(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _dp(p: Mapping[str, Any], kind: str) -> int:
-    # Upstream: the attention-DP value when there is one system DP group, else the system one.
-    value: int = p[f"attn_dp_{kind}"] if p["system_dp_size"] == 1 else p[f"system_dp_{kind}"]
-    return value
 
 
 def _shape(p: Mapping[str, Any]) -> dict[str, int]:
@@ -49,13 +43,13 @@ class Registry:
 
     def register(self, p: Mapping[str, Any]) -> None:
         """Store one validated payload, or raise Rejected."""
-        key = (_dp(p, "rank"), p["attn_cp_rank"], p["attn_tp_rank"], p["pp_rank"])
+        key = rank_key(p)
         with self._lock:
             if self._topology is None:
                 self._topology = {
                     "attn_tp_size": p["attn_tp_size"],
                     "attn_cp_size": p["attn_cp_size"],
-                    "dp_size": _dp(p, "size"),
+                    "dp_size": dp_of(p, "size"),
                     "pp_size": p["pp_size"],
                     "page_size": p["page_size"],
                     "kv_cache_dtype": p["kv_cache_dtype"],

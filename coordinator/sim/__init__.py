@@ -2,7 +2,8 @@
 
 Every prefill rank is a real :class:`~coordinator.Registration` (every decode rank a
 real :class:`~coordinator.Discovery`) driving the shared ``transitions`` Machine with
-its :class:`~coordinator.RetryPolicy`, on its own FakeClock; only the bootstrap server
+its policy (a :class:`~coordinator.RetryPolicy`, or one of upstream's loops from
+:mod:`coordinator.sim.upstream`), on its own FakeClock; only the bootstrap server
 is a model (:mod:`coordinator.sim._model`). :func:`compare` runs policies on
 identical draws; :func:`compare_decode` does the same for the decode side. Lag is
 measured from ``ready``, the first moment a PUT could get a 200 (a lookup, the
@@ -15,9 +16,10 @@ from collections.abc import Mapping, Sequence
 
 from coordinator.clock import SystemClock, seeded_rng
 from coordinator.discovery import default_policy as discovery_policy
-from coordinator.policy import RetryPolicy
+from coordinator.policy import Policy, RetryPolicy
 from coordinator.sim._engine import DecodeJob, PrefillJob, PrefillShard, decode_shard, prefill_shard, run_jobs, shards
 from coordinator.sim._model import BUCKET_S, MAX_RANKS, Scenario, Trial, check_counts, draw_trials
+from coordinator.sim.upstream import sglang_decode, sglang_pr25125
 from coordinator.sim._report import (
     DecodeResult,
     Result,
@@ -41,7 +43,7 @@ DEFAULT_RANKS = 512
 DEFAULT_TRIALS = 20
 
 
-def _prefill_trials(scenario: Scenario, policy: RetryPolicy, draws: Sequence[Trial], seed: int,
+def _prefill_trials(scenario: Scenario, policy: Policy, draws: Sequence[Trial], seed: int,
                     workers: int) -> list[list[PrefillShard]]:
     """Each trial's shards. Ranks are independent unless the server has a capacity."""
     parts = 1 if scenario.capacity is not None else workers
@@ -53,7 +55,7 @@ def _prefill_trials(scenario: Scenario, policy: RetryPolicy, draws: Sequence[Tri
     return by_trial
 
 
-def _run_policy(name: str, scenario: Scenario, policy: RetryPolicy, draws: Sequence[Trial], seed: int,
+def _run_policy(name: str, scenario: Scenario, policy: Policy, draws: Sequence[Trial], seed: int,
                 workers: int) -> Result:
     # The real clock measures only the simulator's own cost; simulated time is the FakeClocks'.
     wall_clock = SystemClock()
@@ -64,18 +66,18 @@ def _run_policy(name: str, scenario: Scenario, policy: RetryPolicy, draws: Seque
     return prefill_result(name, tally, draws, seed, wall_clock.now() - began)
 
 
-def simulate(scenario: Scenario, policy: RetryPolicy, *, ranks: int = DEFAULT_RANKS, seed: int = 0,
+def simulate(scenario: Scenario, policy: Policy, *, ranks: int = DEFAULT_RANKS, seed: int = 0,
              trials: int = DEFAULT_TRIALS, name: str = "policy", workers: int = 1) -> Result:
     """Run ``trials`` trials of ``ranks`` real Registrations under ``policy``."""
     draws = draw_trials(scenario, ranks=ranks, trials=trials, seed=seed)
     return _run_policy(name, scenario, policy, draws, seed, workers)
 
 
-def default_policies() -> dict[str, RetryPolicy]:
-    return {"ours": RetryPolicy(), "upstream": RetryPolicy.sglang_pr25125()}
+def default_policies() -> dict[str, Policy]:
+    return {"ours": RetryPolicy(), "upstream": sglang_pr25125()}
 
 
-def compare(scenario: Scenario, policies: Mapping[str, RetryPolicy] | None = None, *, ranks: int = DEFAULT_RANKS,
+def compare(scenario: Scenario, policies: Mapping[str, Policy] | None = None, *, ranks: int = DEFAULT_RANKS,
             seed: int = 0, trials: int = DEFAULT_TRIALS, workers: int = 1) -> dict[str, Result]:
     """Each policy on the same draws; by default "ours" (RetryPolicy()) and "upstream"."""
     draws = draw_trials(scenario, ranks=ranks, trials=trials, seed=seed)
@@ -83,11 +85,11 @@ def compare(scenario: Scenario, policies: Mapping[str, RetryPolicy] | None = Non
     return {name: _run_policy(name, scenario, p, draws, seed, workers) for name, p in chosen.items()}
 
 
-def default_decode_policies() -> dict[str, RetryPolicy]:
-    return {"ours": discovery_policy(), "upstream": RetryPolicy.sglang_decode()}
+def default_decode_policies() -> dict[str, Policy]:
+    return {"ours": discovery_policy(), "upstream": sglang_decode()}
 
 
-def compare_decode(scenario: Scenario, policies: Mapping[str, RetryPolicy] | None = None, *,
+def compare_decode(scenario: Scenario, policies: Mapping[str, Policy] | None = None, *,
                    prefill_ranks: int = DEFAULT_RANKS, decode_ranks: int = 64, seed: int = 0,
                    trials: int = DEFAULT_TRIALS, workers: int = 1) -> dict[str, DecodeResult]:
     """Decode ranks waiting on a prefill instance whose ranks register as :func:`simulate` has them

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 from coordinator.clock import FakeClock, seeded_rng
 from coordinator.discovery import Discovery
 from coordinator.driver import Driver
-from coordinator.payload import example_payload
-from coordinator.policy import RetryPolicy
+from coordinator.testing import example_payload
+from coordinator.policy import Policy
 from coordinator.registration import Registration
 from coordinator.sim._model import (
     BOOTSTRAP,
@@ -90,7 +90,7 @@ class PrefillShard:
 @dataclass(frozen=True)
 class PrefillJob:
     scenario: Scenario
-    policy: RetryPolicy
+    policy: Policy
     trial: Trial
     seed: int
     first: int
@@ -122,7 +122,7 @@ def prefill_shard(job: PrefillJob) -> PrefillShard:
 
 @dataclass(frozen=True)
 class DecodeJob:
-    policy: RetryPolicy
+    policy: Policy
     trial: int
     seed: int
     up_at: float

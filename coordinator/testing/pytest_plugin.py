@@ -17,7 +17,7 @@ import pytest
 
 from coordinator.clock import FakeClock
 from coordinator.discovery import Discovery
-from coordinator.payload import example_payload
+from coordinator.testing import example_payload
 from coordinator.registration import Registration
 from coordinator.testing._scripted import ScriptedTransport, Step
 

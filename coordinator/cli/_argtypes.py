@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from coordinator import validate
+from coordinator.protocol import base_url
 
 T = TypeVar("T")
 
@@ -64,8 +65,6 @@ def _host_port_text(text: str) -> str:
 
 def _bootstrap(text: str) -> str:
     # Checked now, with Discovery's own rules: a bad address exits 2 before anything runs.
-    from coordinator.discovery import base_url
-
     base_url(text, "value")
     return text
 

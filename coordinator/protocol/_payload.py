@@ -8,8 +8,12 @@ where upstream answers 500).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from coordinator import validate
+
+T = TypeVar("T")
 
 _SIZE_RANK_PAIRS = (
     ("attn_tp_size", "attn_tp_rank"),
@@ -43,15 +47,16 @@ class PayloadError(ValueError):
         self.field = field
 
 
+def _rule(field: str, check: Callable[[str], T]) -> T:
+    """Run a :mod:`coordinator.validate` rule on ``field``; its error as a PayloadError."""
+    try:
+        return check("value")
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(field, str(exc).removeprefix("value").strip()) from None
+
+
 def _int(payload: Mapping[str, Any], field: str, *, low: int, high: int | None = None) -> int:
-    value = payload[field]
-    # bool is an int subclass; True as a rank is a bug, not a 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PayloadError(field, f"must be an integer, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise PayloadError(field, f"must be {bound}, got {value}")
-    return value
+    return _rule(field, lambda name: validate.int_in(payload[field], name, low=low, high=high))
 
 
 def _str(payload: Mapping[str, Any], field: str) -> str:
@@ -83,8 +88,7 @@ def validate_payload(payload: Any) -> dict[str, Any]:
     if "load_balance_method" in payload:
         _str(payload, "load_balance_method")
     split = payload.get("enable_dsa_cache_layer_split", False)
-    if not isinstance(split, bool):
-        raise PayloadError("enable_dsa_cache_layer_split", "must be a boolean")
+    _rule("enable_dsa_cache_layer_split", lambda name: validate.flag(split, name))
     return dict(payload)
 
 
@@ -100,23 +104,3 @@ def encode_payload(payload: Mapping[str, Any]) -> bytes:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"payload field {field!r} is not JSON-serialisable: {exc}") from None
     raise TypeError("payload is not JSON-serialisable")
-
-
-def example_payload(rank: int = 0, tp_size: int = 1, *, rank_port: int = 17000) -> dict[str, Any]:
-    """A valid payload for tensor-parallel rank ``rank`` of a single-DP, single-PP group."""
-    return {
-        "attn_tp_size": tp_size,
-        "attn_tp_rank": rank,
-        "attn_cp_size": 1,
-        "attn_cp_rank": 0,
-        "attn_dp_size": 1,
-        "attn_dp_rank": 0,
-        "pp_size": 1,
-        "pp_rank": 0,
-        "system_dp_size": 1,
-        "system_dp_rank": 0,
-        "rank_ip": "127.0.0.1",
-        "rank_port": rank_port + rank,
-        "page_size": 1,
-        "kv_cache_dtype": "auto",
-    }

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-RankKey = tuple[int, int, int, int]  # (prefill_dp_rank, prefill_cp_rank, target_tp_rank, target_pp_rank)
+from coordinator import validate
+from coordinator.protocol._route import RankKey
+
 Address = tuple[str, int]
 
 # Topology fields: name -> (type, required). Sizes must be >= 1.
@@ -77,11 +79,10 @@ def _object(body: str) -> Mapping[str, Any]:
 
 
 def _typed(data: Mapping[str, Any], name: str, kind: type) -> Any:
-    value = data[name]
-    # bool is an int subclass: True is no size, and 1 is no flag.
-    if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
-        raise AnswerError(name, f"must be {kind.__name__}, got {type(value).__name__} {value!r}")
-    return value
+    try:
+        return validate.of_type(data[name], kind, "value")
+    except TypeError as exc:
+        raise AnswerError(name, str(exc).removeprefix("value").strip()) from None
 
 
 def parse_topology(body: str) -> PrefillInfo:

@@ -1,0 +1,114 @@
+"""HttpTransport: one HTTP attempt (a PUT, or a lookup GET) through a requests.Session,
+turned into an Outcome. No retry logic here; the total time limit and the abort are
+:mod:`._watch`'s, the failure names :mod:`._classify`'s.
+"""
+
+from __future__ import annotations
+
+import requests
+
+from coordinator.outcome import Cause, Failure, Outcome, cause_of
+from coordinator.transport._classify import classify_exception
+from coordinator.transport._watch import AbortableAdapter, Watch
+MAX_BODY_BYTES = 64 * 1024  # read no more of an answer than this
+_EXCERPT_CHARS = 1024
+
+
+class _NoRedirectSession(requests.Session):
+    """Even with ``allow_redirects=False``, requests reads a 3xx body in full to build
+    ``response.next``; with no redirect target it never does, and our read cap holds."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
+class HttpTransport:
+    """PUTs through a requests.Session: connections reused, redirects never followed.
+
+    Proxy variables are ignored by default (``trust_env=False``): bootstrap traffic
+    stays inside the cluster, and an inherited ``HTTP_PROXY`` would send it astray.
+    A caller's own ``session`` is used as given (its proxies, TLS and adapters); the
+    hard total time limit then holds only for sessions whose adapter we mounted.
+    """
+
+    def __init__(self, session: requests.Session | None = None, *, token: str | None = None) -> None:
+        self._watch = Watch()
+        self._own_session = session is None
+        if session is None:
+            session = _NoRedirectSession()
+            session.trust_env = False
+            adapter = AbortableAdapter(self._watch)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self._session = session
+        self._headers = {"Content-Type": "application/json"}
+        self._get_headers: dict[str, str] = {}  # lookups are open upstream: never send the token
+        if token is not None:
+            self._headers["Authorization"] = f"Bearer {token}"
+
+    def __repr__(self) -> str:
+        # The token lives in the headers: never show them.
+        return f"HttpTransport(own_session={self._own_session})"
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether an attempt has a socket open right now."""
+        return self._watch.busy
+
+    def abort(self) -> None:
+        self._watch.cut(Failure.CANCELLED)
+
+    def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
+        """One PUT; ``Outcome.body`` holds an excerpt of the answer, for messages."""
+        return self._request("PUT", url, body, timeout, _EXCERPT_CHARS)
+
+    def get(self, url: str, timeout: float) -> Outcome:
+        """One GET; ``Outcome.body`` holds the answer (at most 64 KiB), to be parsed."""
+        return self._request("GET", url, None, timeout, MAX_BODY_BYTES)
+
+    def _request(self, method: str, url: str, body: bytes | None, timeout: float, keep: int) -> Outcome:
+        # The total limit: per-read socket timeouts alone let a trickling server go on forever.
+        self._watch.arm(timeout)
+        try:
+            return self._send(method, url, body, timeout, keep)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an Outcome
+            ending = self._watch.ending
+            failure = classify_exception(exc)
+            # Past the limit, whatever broke last (a late DNS error, a read cut short): a timeout.
+            if ending is Failure.TIMEOUT or (ending is None and self._watch.expired):
+                cause = Cause("TimeoutError", f"no complete answer within {timeout:.3g} s")
+                return Outcome.of_failure(Failure.TIMEOUT, cause)
+            if ending is Failure.CANCELLED:
+                return Outcome.of_failure(Failure.CANCELLED, Cause("Cancelled", "stop() was called"))
+            return Outcome.of_failure(failure, cause_of(exc))
+        finally:
+            self._watch.attach(None)
+
+    def _send(self, method: str, url: str, body: bytes | None, timeout: float, keep: int) -> Outcome:
+        response = self._session.request(
+            method,
+            url,
+            data=body,
+            headers=self._headers if body is not None else self._get_headers,
+            timeout=timeout,
+            allow_redirects=False,
+            stream=True,
+        )
+        try:
+            data = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True) or b""
+        finally:
+            if response.raw.closed or response.raw.isclosed():
+                response.raw.release_conn()
+            else:
+                # Unread body left on the socket: the connection cannot be reused.
+                response.close()
+        return Outcome.of_status(
+            response.status_code,
+            data[:keep * 4].decode("utf-8", "replace")[:keep],
+            retry_after=response.headers.get("Retry-After"),
+            date=response.headers.get("Date"),
+        )
+
+    def close(self) -> None:
+        if self._own_session:
+            self._session.close()

@@ -1,0 +1,194 @@
+"""The deadline and abort plumbing: a total time limit per attempt, and a cut from another thread.
+
+urllib3 connections and pools that show each attempt's socket to a :class:`Watch`, so
+``abort()`` (or the attempt's total limit) can shut it down wherever the attempt is.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+from requests.adapters import HTTPAdapter
+from urllib3 import PoolManager
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from coordinator.clock import SystemClock
+from coordinator.outcome import Failure
+
+# Socket deadlines are real time, whatever clock the driver runs on (tests use a fake one).
+REAL_TIME = SystemClock()
+
+
+class Watch:
+    """The socket of the attempt in flight, so another thread can cut the attempt short.
+
+    The socket is captured when it connects (or is taken from the pool), not read back
+    from the connection later: http.client forgets it once the headers of a
+    ``Connection: close`` answer are in, yet the body read must stay cuttable.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._timer: threading.Timer | None = None
+        self.ending: Failure | None = None  # why the attempt in flight is being cut short
+        self.timeout = 0.0
+        self.deadline = 0.0  # on REAL_TIME: when the attempt in flight must be over
+
+    def arm(self, timeout: float) -> None:
+        with self._lock:
+            self._sock, self.ending = None, None
+            self.timeout, self.deadline = timeout, REAL_TIME.now() + timeout
+
+    def attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            if sock is not None and self.ending is None and self.expired:
+                self.ending = Failure.TIMEOUT  # resolving took it all: send nothing
+            ending = self.ending
+            if sock is not None and not isinstance(sock, _DeadlineSocket) and self._timer is None:
+                # A TLS socket cannot be adopted: a timer thread enforces the total limit.
+                self._timer = threading.Timer(max(0.0, self.deadline - REAL_TIME.now()), self.cut,
+                                              (Failure.TIMEOUT,))
+                self._timer.daemon = True
+                self._timer.start()
+            elif sock is None and self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if ending is not None:
+            # Cut while resolving or connecting, where nothing could be interrupted.
+            _shutdown(sock)
+
+    @property
+    def expired(self) -> bool:
+        return REAL_TIME.now() >= self.deadline
+
+    def cut(self, why: Failure) -> None:
+        with self._lock:
+            if self.ending is None:
+                self.ending = why
+            sock = self._sock
+        _shutdown(sock)
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._sock is not None
+
+
+class _DeadlineSocket(socket.socket):
+    """A TCP socket whose every read waits at most what is left of the attempt's total
+    limit: a server trickling one byte per read timeout cannot stretch an attempt, and
+    no thread is needed to enforce it."""
+
+    _watch: Watch
+    _read_timeout: float | None
+
+    @classmethod
+    def adopt(cls, sock: socket.socket, watch: Watch) -> _DeadlineSocket:
+        timeout = sock.gettimeout()
+        adopted = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        adopted._watch = watch
+        adopted.settimeout(timeout)
+        return adopted
+
+    def settimeout(self, value: float | None) -> None:
+        self._read_timeout = value  # urllib3's per-read timeout, within the total limit
+        super().settimeout(value)
+
+    def _bound(self) -> None:
+        left = self._watch.deadline - REAL_TIME.now()
+        if left <= 0:
+            raise TimeoutError(f"no complete answer within {self._watch.timeout:.3g} s")
+        super().settimeout(left if self._read_timeout is None else min(self._read_timeout, left))
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._bound()
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._bound()
+        return super().recv_into(buffer, nbytes, flags)
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: the attempt is ending anyway
+
+
+class WatchedConnection:
+    """Mixin for urllib3 connections: adopt the fresh socket, show it to the watch."""
+
+    watch: Watch
+    sock: socket.socket
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        if type(self.sock) is socket.socket:  # plain TCP; a TLS socket is left as it is
+            self.sock = _DeadlineSocket.adopt(self.sock, self.watch)
+        self.watch.attach(self.sock)
+
+
+class WatchedHTTPConnection(WatchedConnection, HTTPConnection):
+    pass
+
+
+class WatchedHTTPSConnection(WatchedConnection, HTTPSConnection):
+    pass
+
+
+class WatchedPool:
+    """Mixin for urllib3 pools: hand the watch to new connections, and show it pooled sockets."""
+
+    watch: Watch
+
+    def _new_conn(self) -> Any:
+        conn = super()._new_conn()  # type: ignore[misc]
+        conn.watch = self.watch
+        return conn
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        self.watch.attach(getattr(conn, "sock", None))  # a pooled, already connected socket
+        return conn
+
+
+class WatchedHTTPPool(WatchedPool, HTTPConnectionPool):
+    ConnectionCls = WatchedHTTPConnection
+
+
+class WatchedHTTPSPool(WatchedPool, HTTPSConnectionPool):
+    ConnectionCls = WatchedHTTPSConnection
+
+
+class WatchedPoolManager(PoolManager):
+    def __init__(self, watch: Watch, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.watch = watch
+        self.pool_classes_by_scheme = {"http": WatchedHTTPPool, "https": WatchedHTTPSPool}
+
+    def _new_pool(self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None) -> Any:
+        pool: Any = super()._new_pool(scheme, host, port, request_context)
+        pool.watch = self.watch
+        return pool
+
+
+class AbortableAdapter(HTTPAdapter):
+    def __init__(self, watch: Watch) -> None:
+        self._watch = watch
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        # What HTTPAdapter does, with pools whose connections the watch can cut short.
+        self._pool_connections, self._pool_maxsize, self._pool_block = connections, maxsize, block
+        self.poolmanager = WatchedPoolManager(self._watch, num_pools=connections, maxsize=maxsize, block=block,
+                                               **pool_kwargs)
+
+
