@@ -4,8 +4,29 @@ The public API is what this module names; everything else is private to the pack
 """
 
 import importlib
+import os
 from typing import TYPE_CHECKING
 
+
+def _check_states() -> None:
+    # ``states`` is a generic name: a user's states.py earlier on sys.path (the current
+    # directory, a script's own) would be imported instead, and fail far from the cause.
+    import states
+
+    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "states")
+    found = getattr(states, "__file__", None)
+    if found is None or os.path.dirname(os.path.realpath(found)) != shipped:
+        raise ImportError(
+            f"'import states' found {found or 'a namespace package'}, not the 'states' package shipped "
+            f"beside coordinator ({shipped}): a module or package of yours named 'states' shadows it "
+            "(it comes first on sys.path, e.g. from the current directory). Rename yours.",
+            name="states",
+        )
+
+
+_check_states()
+
+# After the check: these import states, and would fail on a shadowing one without naming it.
 from coordinator.protocol import bootstrap_url
 from coordinator.clock import Clock, FakeClock, SystemClock
 from coordinator.driver import StartupFailed
@@ -50,12 +71,24 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    __version__: str
     from coordinator.discovery import Discovery, DiscoveryFailed
     from coordinator.protocol import PrefillInfo
     from coordinator.server import BootstrapServer
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prefill-startup")
+    except PackageNotFoundError:  # run from a source tree, not installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> object:
+    if name == "__version__":  # importlib.metadata costs import time: only on demand
+        return _version()
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'coordinator' has no attribute {name!r}")

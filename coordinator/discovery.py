@@ -29,7 +29,11 @@ from coordinator.instrumentation import Hook
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.policy import Backoff, Policy, RetryPolicy
 from coordinator.protocol import (
+    GENERATION_HEADER,
+    LONG_POLL_HEADER,
     ROUTE_PATH,
+    SEEN_PARAM,
+    WAIT_PARAM,
     TOPOLOGY_FIELDS,
     TOPOLOGY_KEY,
     Address,
@@ -48,6 +52,13 @@ from coordinator.transport import HttpTransport, LookupTransport
 _TOPOLOGY_QUERY = route_query(TOPOLOGY_KEY)
 # A decode instance may start long before its prefill instance has loaded its model.
 DEFAULT_DEADLINE_S = 600.0
+# Watching: a check a second (jittered) keeps the stale window under about a second, at one
+# small GET per second per decode process: 1,000 watchers cost a server 1,000 GETs/s, which
+# ours serves (scripts/load_bench.py); against ours, long-polls bring that to 1,000/LONG_POLL_S.
+DEFAULT_WATCH_INTERVAL_S = 1.0
+# Longer than a reconnecting blip, shorter than upstream's 2 x 5 s heartbeat.
+DEFAULT_GRACE_S = 5.0
+LONG_POLL_S = 20.0
 
 
 def default_policy() -> RetryPolicy:
@@ -85,6 +96,15 @@ def _check_expect(expect: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(expect))
 
 
+def _long_poll_of(answer: Outcome) -> float:
+    """The longest ``wait`` our server advertises (0: it does not, or upstream's server)."""
+    text = answer.headers.get(LONG_POLL_HEADER.lower(), "")
+    try:
+        return min(validate.number(text, LONG_POLL_HEADER, positive=True), LONG_POLL_S)
+    except ValueError:
+        return 0.0
+
+
 def _invalid(status: int, problem: str) -> Outcome:
     return Outcome(status=status, failure=Failure.INVALID, cause=Cause("InvalidAnswer", problem))
 
@@ -102,6 +122,16 @@ class Discovery(Driver[LookupTransport]):
     decode instance needs (e.g. ``{"page_size": 64, "kv_cache_dtype": "auto"}``); a
     topology that disagrees ends FAILED (``permanent``) naming the field and both values.
     Default policy: :func:`default_policy`.
+
+    ``watch=True`` (with ``start()``): after REGISTERED it keeps checking, every
+    ``watch_interval_s`` (jittered by half), with one topology GET, that the prefill
+    instance is still the one it resolved, and invalidates (REGISTERED → REGISTERING,
+    ``info`` None at once) when the bootstrap server restarted (its generation header
+    changed, or it answers 503: not complete any more), when the topology or a target's
+    address changed, or when the server has been gone for ``grace_s``. A failed check
+    shorter than ``grace_s`` changes nothing. Against our server, which advertises
+    long-polls, a check waits at the server for a change instead (one request per
+    ``LONG_POLL_S``), and a restart is seen within one round trip.
     """
 
     kind = Kind.DISCOVERY
@@ -122,8 +152,14 @@ class Discovery(Driver[LookupTransport]):
         on_exhausted: Literal["raise", "return"] = "raise",
         name: str | None = None,
         transport: LookupTransport | None = None,
+        watch: bool = False,
+        watch_interval_s: float = DEFAULT_WATCH_INTERVAL_S,
+        grace_s: float = DEFAULT_GRACE_S,
     ) -> None:
         base = base_url(bootstrap)
+        validate.flag(watch, "watch")
+        self._interval = validate.finite("watch_interval_s", watch_interval_s, positive=True)
+        self._grace = validate.finite("grace_s", grace_s, positive=False)
         self._targets = _check_targets(targets)
         self._expect = _check_expect(expect)
         if transport is not None and session is not None:
@@ -135,6 +171,10 @@ class Discovery(Driver[LookupTransport]):
                          transport=transport or HttpTransport(session))
         self._topology: PrefillInfo | None = None
         self._ranks: dict[RankKey, Address] = {}
+        self._watch = watch
+        self._generation: str | None = None  # our server's, as of the resolved answer
+        self._long_poll_s = 0.0  # > 0 once our server advertised long-polls
+        self._gone_since: float | None = None
 
     def start(self) -> Discovery:
         super().start()
@@ -149,10 +189,90 @@ class Discovery(Driver[LookupTransport]):
     def targets(self) -> tuple[RankKey, ...]:
         return self._targets
 
+    def _forget(self) -> None:
+        self._topology, self._ranks, self._generation, self._gone_since = None, {}, None, None
+
+    def _watch_once(self) -> None:
+        long_poll = min(self._long_poll_s, LONG_POLL_S)
+        # Watchers must not check in step; a long-poll waits at the server, so only a breath here
+        # (a server answering long-polls at once must not make this loop spin).
+        pause = (0.1 if long_poll else self._interval) * (0.5 + self._rng.random())
+        self._clock.sleep(pause, self._wake)
+        if self._wake.is_set():
+            return  # stop() or invalidate()
+        cause = self._check(long_poll)
+        if cause is not None and not self._cancel.is_set():
+            self._invalidation = cause
+
+    def _check(self, long_poll: float) -> str | None:
+        """Why the resolved prefill instance no longer holds, or None while it does."""
+        url = f"{self._url}?{_TOPOLOGY_QUERY}"
+        if long_poll and self._generation is not None:
+            # Held at the server while it is the generation we resolved; a new server answers at once.
+            url += f"&{WAIT_PARAM}={long_poll:g}&{SEEN_PARAM}={self._generation}"
+        else:
+            long_poll = 0.0
+        timeout = self._policy.attempt_timeout(0.0) + long_poll
+        answer = self._transport.get(url, timeout)
+        now = self._clock.now()
+        if answer.status == 200 and answer.failure is None:
+            self._gone_since = None
+            return self._changed(answer, timeout)
+        self._long_poll_s = 0.0  # until the server says so again
+        if answer.status == 503:
+            return "the prefill instance is not complete any more (HTTP 503): it restarted"
+        if self._gone_since is None:
+            self._gone_since = now
+        if now - self._gone_since >= self._grace:
+            return f"the bootstrap server has been gone for {now - self._gone_since:.3g} s ({answer.describe()})"
+        return None
+
+    def _changed(self, answer: Outcome, timeout: float) -> str | None:
+        generation = answer.headers.get(GENERATION_HEADER.lower())
+        self._long_poll_s = _long_poll_of(answer)
+        if generation is not None and self._generation is not None and generation != self._generation:
+            return f"the bootstrap server restarted (generation {self._generation} -> {generation})"
+        resolved = self._snapshot.info
+        try:
+            topology = parse_topology(answer.body)
+        except AnswerError as exc:
+            return f"the bootstrap server answers a malformed topology ({exc})"
+        if resolved is None or topology.topology_json() != resolved.topology_json():
+            return "the prefill topology changed"
+        if generation is not None:
+            return None  # same generation: same registrations
+        for key in self._targets:  # upstream's server has no generation: compare the addresses
+            moved = self._transport.get(f"{self._url}?{route_query(key)}", timeout)
+            if moved.status != 200 or moved.failure is not None:
+                return f"rank {key} is not registered any more ({moved.describe()})"
+            try:
+                address = parse_rank(moved.body)
+            except AnswerError:
+                return f"rank {key} answers a malformed address"
+            if address != resolved.ranks.get(key):
+                return f"rank {key} moved to {address[0]}:{address[1]}"
+        return None
+
+    def _wait_within_budget(self, timeout: float) -> float:
+        """How long a lookup may wait at a long-polling server: never past the deadline."""
+        if not self._long_poll_s:
+            return 0.0
+        s = self._snapshot
+        deadline = self._policy.deadline_s
+        if deadline is None or s.started_at is None:
+            return self._long_poll_s
+        left = deadline - (self._clock.now() - s.started_at) - timeout
+        return max(0.0, min(self._long_poll_s, left)) if left >= 0.1 else 0.0
+
     def _perform(self, timeout: float) -> Outcome:
         ends = self._clock.now() + timeout  # one budget for the whole round
         if self._topology is None:
-            answer = self._transport.get(f"{self._url}?{_TOPOLOGY_QUERY}", timeout)
+            url, wait = f"{self._url}?{_TOPOLOGY_QUERY}", self._wait_within_budget(timeout)
+            if wait:  # our server holds the answer until the instance completes
+                url += f"&{WAIT_PARAM}={wait:g}"
+            answer = self._transport.get(url, timeout + wait)
+            self._generation = answer.headers.get(GENERATION_HEADER.lower())
+            self._long_poll_s = _long_poll_of(answer)
             if answer.status == 503:
                 return _pending(answer, "prefill ranks are still registering")
             if answer.status != 200 or answer.failure is not None:

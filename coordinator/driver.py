@@ -17,10 +17,11 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from transitions import Machine
 
+from coordinator import validate
 from coordinator.clock import Clock, Rng, SystemClock, entropy_rng
 from coordinator.instrumentation import AttemptRecord, Hook, Record, TransitionRecord, default_hooks
 from coordinator.instrumentation._log import default_logger
-from coordinator.outcome import Failure, Outcome, cause_of
+from coordinator.outcome import Cause, Failure, Outcome, cause_of
 from coordinator.policy import NO_FAILURES, Decision, Policy, Reason, RetryPolicy
 from coordinator.snapshot import Kind, Snapshot
 from states import GUARDS, TERMINAL, TRANSITIONS, State, Trigger, Verdict
@@ -124,8 +125,8 @@ class Driver(Generic[T]):
             raise TypeError(f"clock must have now() and sleep(), got {type(clock).__name__}")
         if rng is not None and not callable(getattr(rng, "random", None)):
             raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        if name is not None:
+            validate.name(name)
         if hooks is not None:
             if logger is not None:
                 raise ValueError("logger configures the default hooks: with hooks=, pass instrumentation.LogHook(logger)")
@@ -147,6 +148,11 @@ class Driver(Generic[T]):
         self._drive = threading.Lock()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
+        self._crash: AssertionError | None = None  # a test's fake failing on the background thread
+        self._watch = False  # a subclass that keeps checking after REGISTERED sets it
+        self._wake = threading.Event()  # interrupts a sleep: stop() or invalidate()
+        self._invalidation: str | None = None  # why REGISTERED no longer holds, until the driver acts on it
+        self._settled = threading.Event()  # set while the snapshot is terminal
         self._listeners: list[Listener] = []
         self._lanes = NO_FAILURES  # handed from one retry decision to the next attempt's
         now = self._clock.now()
@@ -161,6 +167,15 @@ class Driver(Generic[T]):
     def _perform(self, timeout: float) -> Outcome:
         """One attempt, bounded by ``timeout`` seconds; every failure is an Outcome."""
         raise NotImplementedError
+
+    def _watch_once(self) -> None:
+        """While REGISTERED and watching: wait for the next check, make it, and call
+        :meth:`invalidate` when what was resolved no longer holds. By default only an
+        explicit ``invalidate()`` (or ``stop()``) ends the wait."""
+        self._wake.wait()
+
+    def _forget(self) -> None:
+        """On INVALIDATE: drop what the attempts had learnt (a subclass's caches)."""
 
     # -- readers (any thread) -------------------------------------------------
 
@@ -208,11 +223,19 @@ class Driver(Generic[T]):
             self._step()
             return self._snapshot
 
-    def run(self) -> Snapshot:
-        """Drive to REGISTERED or FAILED; with ``on_exhausted="raise"``, FAILED raises."""
+    def run(self, *, watch: bool = False) -> Snapshot:
+        """Drive to REGISTERED or FAILED; with ``on_exhausted="raise"``, FAILED raises.
+
+        ``watch=True`` (a driver made with ``watch=True``): go on watching after REGISTERED
+        on this thread until ``stop()`` (from a listener, a hook or another thread), as
+        ``start()`` does on a thread of its own."""
         if self._thread is not None:
             raise RuntimeError(f"{self.kind} runs in the background: use wait()")
-        snapshot = self._run_to_end()
+        if watch and not self._watch:
+            raise RuntimeError(f"{self.kind} was not made with watch=True")
+        snapshot = self._guarded_run(keep_watching=watch)
+        if self._crash is not None:
+            raise self._crash
         if snapshot.state is State.FAILED and self._on_exhausted == "raise":
             raise self.failure(snapshot)
         return snapshot
@@ -223,7 +246,7 @@ class Driver(Generic[T]):
             if self._thread is not None:
                 raise RuntimeError(f"{self.kind} already started")
             self._thread = threading.Thread(
-                target=self._run_to_end,
+                target=self._guarded_run, args=(True,),
                 name=f"prefill-startup-{self.name or self.kind}",
                 daemon=True,
             )
@@ -231,32 +254,80 @@ class Driver(Generic[T]):
         return self
 
     def wait(self, timeout: float | None = None) -> Snapshot:
-        """The terminal snapshot, or the current one when ``timeout`` expires first."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """The terminal snapshot, or the current one when ``timeout`` expires first. A
+        watching driver's run goes on after REGISTERED: this returns once it is there.
+
+        Re-raises an AssertionError the background run ended on (a test's fake, e.g. a
+        script run past its end), so the test sees it."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            if self._watch:
+                self._settled.wait(timeout)
+            else:
+                thread.join(timeout)
+        if self._crash is not None:
+            raise self._crash
         return self._snapshot
+
+    def invalidate(self, cause: str) -> None:
+        """What REGISTERED stood for no longer holds (``cause`` says why, e.g. the prefill
+        instance restarted): the driver goes back to REGISTERING and resolves again through
+        the normal lanes. Only for a driver made with ``watch=True``; a no-op unless REGISTERED.
+        Thread-safe: the driver's own thread (or the next ``poll()``) fires the trigger."""
+        if not self._watch:
+            raise RuntimeError(f"{self.kind} was not made with watch=True: REGISTERED is final for it")
+        validate.name(cause, "cause")
+        self._invalidation = cause
+        self._wake.set()
 
     def stop(self, timeout: float | None = None) -> Snapshot:
         """Cancel: the driver ends FAILED with reason "cancelled" unless already terminal."""
         self._cancel.set()
+        self._wake.set()
         self._transport.abort()
-        if self._thread is not None:
+        if self._thread is threading.current_thread():
+            pass  # called from a listener or hook: the driver thread ends the run on its next step
+        elif self._thread is not None:
             self._thread.join(timeout)
         elif self._drive.acquire(blocking=False):
             # No driver running: this thread may take the cancelling step itself.
             try:
                 self._step()
+                if self._watch and self._snapshot.state is State.REGISTERED:
+                    self._transport.close()  # a watcher kept it open
             finally:
                 self._drive.release()
         return self._snapshot
 
-    def _run_to_end(self) -> Snapshot:
+    def _guarded_run(self, keep_watching: bool) -> Snapshot:
+        try:
+            return self._run_to_end(keep_watching)
+        except AssertionError as exc:
+            # Not a network failure but a test's fake saying the test is wrong: the driver
+            # still ends (FAILED, "internal", so probes stop calling it alive), and the
+            # error reaches the test from run() or wait().
+            self._crash = exc
+            with self._drive:
+                self._fire(Trigger.CANCEL, self._clock.now(), {"reason": Reason.INTERNAL, "last_error": cause_of(exc)})
+            return self._snapshot
+
+    def _run_to_end(self, keep_watching: bool) -> Snapshot:
+        """To a terminal state; a watcher on its own thread (``keep_watching``) goes on
+        watching after REGISTERED, until ``stop()``."""
         while True:
             with self._drive:
                 self._step()
                 snapshot = self._snapshot
             if snapshot.terminal:
-                return snapshot
+                if not (keep_watching and self._watch and snapshot.state is State.REGISTERED):
+                    return snapshot
+                if self._cancel.is_set():
+                    self._transport.close()  # kept open while watching
+                    return snapshot
+                self._wake.clear()
+                if self._invalidation is None and not self._cancel.is_set():
+                    self._watch_once()
+                continue
             if snapshot.state is State.BACKOFF and snapshot.next_attempt_at is not None:
                 wait = snapshot.next_attempt_at - self._clock.now()
                 if wait > 0 and not self._cancel.is_set():
@@ -265,6 +336,9 @@ class Driver(Generic[T]):
     def _step(self) -> None:
         state = self._model.state
         if state in TERMINAL:
+            cause = self._invalidation
+            if state is State.REGISTERED and cause is not None and not self._cancel.is_set():
+                self._reopen(cause)
             return
         now = self._clock.now()
         if self._cancel.is_set():
@@ -276,6 +350,18 @@ class Driver(Generic[T]):
         elif state is State.BACKOFF:
             self._fire(Trigger.TIMER, now, {"attempt": self._snapshot.attempt + 1},
                        now=now, due_at=self._snapshot.next_attempt_at)
+
+    def _reopen(self, cause: str) -> None:
+        self._invalidation = None
+        self._lanes = NO_FAILURES
+        self._forget()
+        now = self._clock.now()
+        prev = self._snapshot
+        # A new resolution: its own attempt, its own budget from now, nothing of the old answer.
+        self._fire(Trigger.INVALIDATE, now, {
+            "attempt": prev.attempt + 1, "started_at": now, "info": None, "reason": None, "last_status": None,
+            "last_error": Cause("Invalidated", cause), "invalidations": prev.invalidations + 1,
+        })
 
     def _fire(self, trigger: Trigger, at: float, changes: dict[str, Any],
               attempt: tuple[Outcome, Decision, float] | None = None, **event: Any) -> None:
@@ -289,7 +375,11 @@ class Driver(Generic[T]):
         self._snapshot = snapshot = replace(prev, state=after, state_since=at, taken_at=at, seq=prev.seq + 1,
                                             **changes)
         if snapshot.terminal:
-            self._transport.close()
+            if not (self._watch and after is State.REGISTERED):
+                self._transport.close()
+            self._settled.set()
+        else:
+            self._settled.clear()
         if self._hooks:  # no records for nobody (a simulated fleet has no hooks)
             if attempt is not None:
                 outcome, decision, began = attempt

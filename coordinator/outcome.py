@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -42,11 +43,13 @@ class Outcome:
     failure: Failure | None = None
     cause: Cause | None = None
     value: Any = None  # what a successful attempt produced (a discovery's PrefillInfo)
+    # Our bootstrap server's extension headers (lower-case names), e.g. its generation.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def of_status(cls, status: int, body: str = "", *, retry_after: str | None = None,
-                  date: str | None = None) -> Outcome:
-        return cls(status=status, body=body, retry_after=retry_after, date=date)
+                  date: str | None = None, headers: Mapping[str, str] | None = None) -> Outcome:
+        return cls(status=status, body=body, retry_after=retry_after, date=date, headers=headers or {})
 
     @classmethod
     def of_failure(cls, failure: Failure, cause: Cause) -> Outcome:

@@ -32,6 +32,8 @@ class Reason(str, Enum):
     EXHAUSTED = "exhausted"  # max_attempts used up
     DEADLINE = "deadline"  # no time left for another attempt
     CANCELLED = "cancelled"
+    INTERNAL = "internal"  # the driver's run broke (a test's fake asserting): not the network
+    GONE = "gone"  # read from another process's published snapshot: that process has exited
 
     def __str__(self) -> str:
         return self.value
@@ -44,8 +46,9 @@ _TROUBLE_FAILURES = frozenset(
 )
 # The last attempt before a deadline gets at least this long (or the whole attempt
 # timeout, if shorter); with less left, giving up now beats a doomed attempt.
-_LAST_ATTEMPT_MIN_S = 1.0
+_LAST_ATTEMPT_MIN_S = 0.05
 _MIN_SLEEP_S = 1e-3
+MAX_ATTEMPT_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,9 @@ class RetryPolicy:
             validate.int_in(self.max_attempts, f"{owner}.max_attempts", low=1)
         if self.deadline_s is not None:
             finite(f"{owner}.deadline_s", self.deadline_s, positive=True)
-        finite(f"{owner}.attempt_timeout_s", self.attempt_timeout_s, positive=True)
+        if finite(f"{owner}.attempt_timeout_s", self.attempt_timeout_s, positive=True) > MAX_ATTEMPT_TIMEOUT_S:
+            # Sockets take their timeout in C; a huge one overflows there, mid-attempt.
+            raise ValueError(f"{owner}.attempt_timeout_s must be <= {MAX_ATTEMPT_TIMEOUT_S:g}, got {self.attempt_timeout_s}")
         for name in ("refused", "trouble", "pending"):
             lane = getattr(self, name)
             if not isinstance(lane, Backoff) and not (name == "refused" and lane is None):

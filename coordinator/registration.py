@@ -48,6 +48,7 @@ class Registration(Driver[Transport]):
         on_exhausted: Literal["raise", "return"] = "raise",
         transport: Transport | None = None,
         name: str | None = None,
+        watch: bool = False,
     ) -> None:
         url = validate.url(url)
         self._body = encode_payload(validate_payload(payload))
@@ -57,6 +58,9 @@ class Registration(Driver[Transport]):
         super().__init__(url, policy=policy, clock=clock, rng=rng, logger=logger, hooks=hooks,
                          on_exhausted=on_exhausted, name=name,
                          transport=transport or HttpTransport(session, token=token))
+        # A rank re-registers only when asked (invalidate()): its own bootstrap server restarting
+        # is for its owner to notice; watching it from every rank would multiply the load.
+        self._watch = validate.flag(watch, "watch")
 
     def start(self) -> Registration:
         super().start()

@@ -50,6 +50,7 @@ class Snapshot:
     kind: Kind = Kind.REGISTRATION
     deadline_s: float | None = None  # the policy's budget from the first attempt
     info: PrefillInfo | None = None  # a discovery's result, once REGISTERED
+    invalidations: int = 0  # times a watching driver left REGISTERED to resolve again
 
     @property
     def terminal(self) -> bool:
@@ -74,12 +75,31 @@ class Snapshot:
         if self.last_status is not None:
             parts.append(f"HTTP {self.last_status}")
         if self.last_error is not None:
-            # The type says enough while retrying; a final failure says why in full.
-            parts.append(str(self.last_error) if failed else self.last_error.type)
+            # The type says enough while retrying; a final failure, or why a watcher is
+            # resolving again, says it in full.
+            full = failed or (self.last_error.type == "Invalidated" and self.last_status is None)
+            parts.append(str(self.last_error) if full else self.last_error.type)
         wait = self.seconds_to_next_attempt(now)
         if wait is not None:
             parts.append(f"next attempt in {wait:.2f} s")
         return ", ".join(parts)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Snapshot:
+        """The snapshot :meth:`to_dict` wrote (another process's, read back); ``info`` stays
+        None: a reader that needs the topology reads ``data["info"]``."""
+        err = data.get("last_error")
+        reason = data.get("reason")
+        return cls(
+            state=State(data["state"]), url=str(data["url"]), attempt=int(data["attempt"]),
+            max_attempts=data.get("max_attempts"), started_at=data.get("started_at"),
+            state_since=float(data["state_since"]), next_attempt_at=data.get("next_attempt_at"),
+            last_status=data.get("last_status"),
+            last_error=None if err is None else Cause(str(err["type"]), str(err["message"])),
+            reason=None if reason is None else Reason(reason), taken_at=float(data["taken_at"]),
+            seq=int(data["seq"]), name=data.get("name"), kind=Kind(data.get("kind", Kind.REGISTRATION.value)),
+            deadline_s=data.get("deadline_s"), invalidations=int(data.get("invalidations", 0)),
+        )
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         """JSON-ready. With ``now`` (same clock), the wait until the next attempt too."""

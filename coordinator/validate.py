@@ -101,6 +101,9 @@ def host(value: object, field: str = "host") -> str:
     if not isinstance(value, str):
         raise TypeError(f"{field} must be a str, got {type(value).__name__}")
     text = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if "%" in text:
+        # A zoned IPv6 address (fe80::1%eth0) parses, then fails every connect: say so now.
+        raise ValueError(f"{field}: zoned IPv6 addresses ('%' scope) are not supported, got {value!r}")
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
@@ -156,6 +159,20 @@ def url(value: object, field: str = "url") -> str:
     else:
         name = netloc
     host(name, f"{field} host")
+    return value
+
+
+MAX_NAME_CHARS = 128
+
+
+def name(value: object, field: str = "name") -> str:
+    """A driver's name, shown in probes, logs, metrics and sd_notify: printable characters
+    only (a newline would forge lines there), at most 128 of them."""
+    if not isinstance(value, str):
+        raise TypeError(f"{field} must be a str, got {type(value).__name__}")
+    if not value or len(value) > MAX_NAME_CHARS or not value.isprintable() or value != value.strip():
+        raise ValueError(f"{field} must be 1 to {MAX_NAME_CHARS} printable characters without surrounding "
+                         f"spaces, got {value[:40]!r}{'...' if len(value) > 40 else ''}")
     return value
 
 

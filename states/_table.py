@@ -20,6 +20,7 @@ class Trigger(str, Enum):
     ATTEMPT_DONE = "attempt_done"
     TIMER = "timer"
     CANCEL = "cancel"
+    INVALIDATE = "invalidate"  # a watching driver's REGISTERED no longer holds (a prefill restart)
 
 
 class Verdict(str, Enum):
@@ -38,6 +39,9 @@ class Transition:
     guard: str | None = None
 
 
+# Where startup ends. FAILED is final; REGISTERED is final for a driver that does not
+# watch, while a watching one (a Discovery with watch=True, a Registration asked to
+# register again) leaves it on INVALIDATE and resolves again through the normal lanes.
 TERMINAL: frozenset[State] = frozenset({State.REGISTERED, State.FAILED})
 
 # Guards are pure predicates over the keyword arguments the driver passes with
@@ -59,6 +63,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(_T.ATTEMPT_DONE, _S.REGISTERING, _S.BACKOFF, "verdict_retry"),
     Transition(_T.ATTEMPT_DONE, _S.REGISTERING, _S.FAILED, "verdict_give_up"),
     Transition(_T.TIMER, _S.BACKOFF, _S.REGISTERING, "backoff_elapsed"),
+    Transition(_T.INVALIDATE, _S.REGISTERED, _S.REGISTERING),
     Transition(_T.CANCEL, _S.INIT, _S.FAILED),
     Transition(_T.CANCEL, _S.REGISTERING, _S.FAILED),
     Transition(_T.CANCEL, _S.BACKOFF, _S.FAILED),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,15 @@ import pytest
 import requests
 
 from coordinator import FakeClock, Registration, health
-from coordinator.testing import example_payload
-from coordinator.testing import ScriptedTransport, free_port
+from coordinator.testing import ScriptedTransport, example_payload, free_port
 from states import State
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 URL = "http://127.0.0.1:8998/route"
+
+Message = MutableMapping[str, Any]
+App = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+Serve = Callable[[Any], str]  # serve_app: start an ASGI app under uvicorn, return its base URL
 
 
 def waiting_registration(name: str = "rank0") -> Registration:
@@ -39,18 +42,27 @@ def finish(reg: Registration) -> None:
     assert reg.state is State.REGISTERED
 
 
-def call(app: Any, method: str, path: str, query: bytes = b"", root_path: str = "") -> tuple[int, dict, bytes]:  # type: ignore[type-arg]
-    sent: list[dict] = []  # type: ignore[type-arg]
+def run(app: App, scope: Message, receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]]) -> None:
+    async def main() -> None:
+        await app(scope, receive, send)
 
-    async def receive() -> dict:  # type: ignore[type-arg]
+    asyncio.run(main())
+
+
+def call(app: App, method: str, path: str, query: bytes = b"", root_path: str = "") -> tuple[int, dict[str, str],
+         bytes]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict) -> None:  # type: ignore[type-arg]
+    async def send(message: Message) -> None:
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "query_string": query, "root_path": root_path,
              "headers": []}
-    asyncio.run(app(scope, receive, send))
+    run(app, scope, receive, send)
     headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
     return sent[0]["status"], headers, sent[1]["body"]
 
@@ -74,21 +86,21 @@ def test_direct_calls() -> None:
 
 def test_lifespan_is_answered() -> None:
     app = health.asgi(waiting_registration())
-    inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    inbox: list[Message] = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
     sent: list[str] = []
 
-    async def receive() -> dict:  # type: ignore[type-arg]
+    async def receive() -> Message:
         return inbox.pop(0)
 
-    async def send(message: dict) -> None:  # type: ignore[type-arg]
+    async def send(message: Message) -> None:
         sent.append(message["type"])
 
-    asyncio.run(app({"type": "lifespan"}, receive, send))
+    run(app, {"type": "lifespan"}, receive, send)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 
 @pytest.fixture
-def serve_app() -> Iterator[Any]:
+def serve_app() -> Iterator[Serve]:
     uvicorn = pytest.importorskip("uvicorn")
     servers: list[tuple[Any, threading.Thread]] = []
 
@@ -120,8 +132,9 @@ def http() -> Iterator[requests.Session]:
         yield s
 
 
-def test_mounted_in_fastapi_under_uvicorn(serve_app, http) -> None:  # type: ignore[no-untyped-def]
-    fastapi = pytest.importorskip("fastapi")
+def test_mounted_in_fastapi_under_uvicorn(serve_app: Serve, http: requests.Session) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi import FastAPI
     from prometheus_client import CollectorRegistry
 
     from coordinator.instrumentation import PrometheusHook
@@ -131,10 +144,10 @@ def test_mounted_in_fastapi_under_uvicorn(serve_app, http) -> None:  # type: ign
     reg = Registration(URL, example_payload(), clock=clock, name="rank0", hooks=[PrometheusHook(registry)],
                        transport=ScriptedTransport(["refused", 200], clock=clock))
     reg.poll(), reg.poll()
-    app = fastapi.FastAPI()
+    app = FastAPI()
 
     @app.get("/health")
-    def sglang_health() -> dict:  # type: ignore[type-arg]
+    def sglang_health() -> dict[str, bool]:
         return {"ok": True}  # the application's own routes stay as they are
 
     app.mount("/startup", health.asgi(reg, registry=registry))
@@ -146,20 +159,21 @@ def test_mounted_in_fastapi_under_uvicorn(serve_app, http) -> None:  # type: ign
                                                    "ConnectionRefusedError, next attempt in ")
     finish(reg)
     assert http.get(f"{base}/startup/readyz", timeout=5).status_code == 200
-    assert http.get(f"{base}/startup/readyz?verbose", timeout=5).text == "[+]registration rank0 ok\nreadyz check passed\n"
+    assert (http.get(f"{base}/startup/readyz?verbose", timeout=5).text
+            == "[+]registration rank0 ok\nreadyz check passed\n")
     metrics = http.get(f"{base}/startup/metrics", timeout=5).text
-    for family in ("prefill_startup_attempts_total", "prefill_startup_state", "prefill_startup_registration_seconds"):
+    for family in ("prefill_startup_attempts_total", "prefill_startup_state", "prefill_startup_duration_seconds"):
         assert f"# TYPE {family.removesuffix('_total')}" in metrics
     assert http.get(f"{base}/health", timeout=5).json() == {"ok": True}
 
 
-def test_standalone_under_uvicorn(serve_app, http) -> None:  # type: ignore[no-untyped-def]
+def test_standalone_under_uvicorn(serve_app: Serve, http: requests.Session) -> None:
     base = serve_app(health.asgi(waiting_registration()))
     assert http.get(f"{base}/livez", timeout=5).status_code == 200
     assert http.get(f"{base}/startupz", timeout=5).json()["state"] == "BACKOFF"
 
 
-def test_readme_fastapi_example_runs_as_written(serve_app, http) -> None:  # type: ignore[no-untyped-def]
+def test_readme_fastapi_example_runs_as_written(serve_app: Serve, http: requests.Session) -> None:
     pytest.importorskip("fastapi")
     text = README.read_text(encoding="utf-8")
     block = re.search(r"<!-- fastapi-example -->\n```python\n(.*?)```\n<!-- /fastapi-example -->", text, re.S)
@@ -171,3 +185,40 @@ def test_readme_fastapi_example_runs_as_written(serve_app, http) -> None:  # typ
     assert http.get(f"{base}/startup/readyz", timeout=5).status_code == 503
     finish(reg)
     assert http.get(f"{base}/startup/readyz", timeout=5).status_code == 200
+
+
+def test_a_slow_scrape_does_not_block_the_event_loop(serve_app: Serve, http: requests.Session) -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        """A custom collector taking its time (bounded: 5 s at most, released by the test)."""
+
+        def collect(self) -> Iterator[GaugeMetricFamily]:
+            entered.set()
+            release.wait(5)
+            yield GaugeMetricFamily("slow_collector", "takes its time", value=1)
+
+    registry = CollectorRegistry()
+    registry.register(Slow())
+    base = serve_app(health.asgi(waiting_registration(), registry=registry))
+    scraped: list[requests.Response] = []
+
+    def scrape_metrics() -> None:
+        with requests.Session() as scraper:
+            scraper.trust_env = False
+            scraped.append(scraper.get(f"{base}/metrics", timeout=10))
+
+    scrape = threading.Thread(target=scrape_metrics)
+    scrape.start()
+    try:
+        assert entered.wait(5), "the scrape did not reach the collector"
+        answer = http.get(f"{base}/livez", timeout=3)  # with the event loop blocked: a timeout
+        assert answer.status_code == 200
+        assert answer.elapsed.total_seconds() < 1.0 and not release.is_set()  # answered while the scrape runs
+    finally:
+        release.set()
+        scrape.join(10)
+    assert scraped and scraped[0].status_code == 200 and "slow_collector 1.0" in scraped[0].text

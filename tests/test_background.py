@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+from typing import Any
 
 import pytest
 
 from coordinator import FakeClock, Registration, RetryPolicy, SystemClock
+from coordinator.testing import Call, ScriptedTransport
+from coordinator.transport import HttpTransport
 from states import State
-
-from coordinator.outcome import Outcome
-from coordinator.testing import Call
-
-from conftest import REFUSED, ScriptedTransport, free_port, status
 
 URL = "http://127.0.0.1:8998/route"
 
 
-def test_start_returns_at_once_and_wait_gives_the_terminal_snapshot(payload) -> None:  # type: ignore[no-untyped-def]
+def test_start_returns_at_once_and_wait_gives_the_terminal_snapshot(payload: dict[str, Any]) -> None:
     gate = threading.Event()
 
-    def gated(call: Call) -> Outcome:
+    def gated(call: Call) -> int:
         gate.wait(10)
-        return status(200)
+        return 200
 
     reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([gated]), name="rank7")
     assert reg.start() is reg
@@ -36,8 +35,8 @@ def test_start_returns_at_once_and_wait_gives_the_terminal_snapshot(payload) -> 
         reg.run()
 
 
-def test_listeners_get_each_snapshot_on_the_driver_thread(payload) -> None:  # type: ignore[no-untyped-def]
-    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([REFUSED, REFUSED], then=status(200)))
+def test_listeners_get_each_snapshot_on_the_driver_thread(payload: dict[str, Any]) -> None:
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport(["refused", "refused"], then=200))
     seen: list[tuple[str, int]] = []
     reg.add_listener(lambda s: seen.append((threading.current_thread().name, s.seq)))
     reg.start().wait(timeout=10)
@@ -45,33 +44,32 @@ def test_listeners_get_each_snapshot_on_the_driver_thread(payload) -> None:  # t
     assert {name for name, _ in seen} == {"prefill-startup-registration"}
 
 
-def test_stop_is_idempotent_and_keeps_a_terminal_state(payload) -> None:  # type: ignore[no-untyped-def]
-    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([], then=status(200)))
+def test_stop_is_idempotent_and_keeps_a_terminal_state(payload: dict[str, Any]) -> None:
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([], then=200))
     reg.start().wait(timeout=10)
     assert reg.stop().state is State.REGISTERED
     assert reg.stop().state is State.REGISTERED
 
 
-def test_stop_before_start_cancels_from_init(payload) -> None:  # type: ignore[no-untyped-def]
-    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([], then=status(200)))
+def test_stop_before_start_cancels_from_init(payload: dict[str, Any]) -> None:
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([], then=200))
     snap = reg.stop()
     assert (snap.state, snap.reason, snap.attempt) == (State.FAILED, "cancelled", 0)
 
 
-def test_stop_cuts_an_attempt_in_flight_short(payload) -> None:  # type: ignore[no-untyped-def]
-    import socket
-
+def test_stop_cuts_an_attempt_in_flight_short(payload: dict[str, Any]) -> None:
     # A listener that never accepts: the kernel completes the handshake, nobody answers.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/route"
+        transport = HttpTransport()
         reg = Registration(url, payload, clock=SystemClock(), policy=RetryPolicy(attempt_timeout_s=30.0),
-                           on_exhausted="return")
+                           on_exhausted="return", transport=transport)
         reg.start()
         clock = SystemClock()
         t_start = clock.now()
-        while not reg._transport.in_flight and clock.now() - t_start < 10:  # type: ignore[attr-defined]
+        while not transport.in_flight and clock.now() - t_start < 10:
             clock.sleep(0.01)  # wait until the PUT is on the wire
         t0 = clock.now()
         snap = reg.stop(timeout=10)

@@ -162,12 +162,13 @@ def test_body_at_the_limit_is_accepted(server: BootstrapServer) -> None:
 
 
 def test_dsv41_spec_layout_mismatch_is_400(server: BootstrapServer) -> None:
-    assert put(server, {**example_payload(0, tp_size=2), "dsv41_spec_layout": "a"}).status_code == 200
-    for layout in ("b", None):
+    assert put(server, {**example_payload(0, tp_size=2), "dsv41_spec_layout": {"block": 1}}).status_code == 200
+    for layout in ({"block": 2}, None):
         payload = {**example_payload(1, tp_size=2), "dsv41_spec_layout": layout}
         resp = put(server, payload)
         assert resp.status_code == 400
-        assert resp.text.startswith("payload field 'dsv41_spec_layout': ")
+        assert resp.text.startswith("DeepSeek-V4.1 DSpark PD layout differs across prefill ranks: "
+                                    "payload field 'dsv41_spec_layout'")
     assert server.registered_count == 1
 
 
@@ -204,7 +205,7 @@ def test_retried_put_does_not_make_topology_ready_early(server: BootstrapServer)
     assert put(server, example_payload(0, tp_size=2)).status_code == 200
     assert put(server, example_payload(0, tp_size=2)).status_code == 200
     resp = get_route(server, *TOPOLOGY_QUERY)
-    assert (resp.status_code, resp.text) == (503, "1 of 2 prefill ranks registered")
+    assert (resp.status_code, resp.text) == (503, "Prefill server not fully registered yet (1 of 2 workers registered).")
     assert (server.put_count, server.registered_count, server.is_ready) == (2, 1, False)
 
     assert put(server, example_payload(1, tp_size=2)).status_code == 200
@@ -220,7 +221,16 @@ def test_retried_put_does_not_make_topology_ready_early(server: BootstrapServer)
         "kv_cache_dtype": "auto",
         "follow_bootstrap_room": True,
         "enable_dsa_cache_layer_split": False,
+        "decode_allocation_policy": "early",
+        "enable_kv_cache_sharding": False,
         "prefill_http_port": None,
+        # SGLang's answer is asdict(PrefillServerInfo): the decode side's rank mapping, null here.
+        "target_tp_rank": None,
+        "target_tp_ranks": None,
+        "target_cp_ranks": None,
+        "target_pp_ranks": None,
+        "required_dst_info_num": None,
+        "required_prefill_response_num": None,
     }
     assert (server.put_count, server.registered_count, server.is_ready) == (3, 2, True)
 
@@ -247,8 +257,10 @@ def test_dp_group_is_system_dp_rank_when_system_dp_size_above_one(server: Bootst
     assert put(server, payload).status_code == 200
     assert list(server.ranks()) == [(1, 0, 0, 0)]
     assert server.expected_count == 2
+    assert get_route(server, 1, 0, 0, 0).status_code == 503  # as SGLang: nothing until complete
+    assert put(server, {**payload, "system_dp_rank": 0, "rank_port": 17001}).status_code == 200
     assert get_route(server, 1, 0, 0, 0).json() == {"rank_ip": "127.0.0.1", "rank_port": 17000}
-    assert get_route(server, 0, 0, 0, 0).status_code == 404
+    assert get_route(server, 0, 0, 0, 0).json() == {"rank_ip": "127.0.0.1", "rank_port": 17001}
 
 
 def test_dp_group_is_attn_dp_rank_when_system_dp_size_is_one(server: BootstrapServer) -> None:
@@ -264,17 +276,21 @@ def test_dp_group_is_attn_dp_rank_when_system_dp_size_is_one(server: BootstrapSe
 def test_topology_is_503_before_any_put(server: BootstrapServer) -> None:
     resp = get_route(server, *TOPOLOGY_QUERY)
     assert resp.status_code == 503
-    assert resp.text == "0 of an unknown number (no registration yet) prefill ranks registered"
+    assert resp.text == "Prefill server not fully registered yet (0 workers registered)."
 
 
-def test_specific_rank_200_and_404(server: BootstrapServer) -> None:
+def test_specific_rank_503_until_complete_then_200_and_404(server: BootstrapServer) -> None:
     assert put(server, example_payload(1, tp_size=2)).status_code == 200
+    assert get_route(server, 0, 0, 1, 0).status_code == 503  # as SGLang: every GET until complete
+    assert put(server, example_payload(0, tp_size=2)).status_code == 200
     resp = get_route(server, 0, 0, 1, 0)
     assert resp.status_code == 200
     assert resp.json() == {"rank_ip": "127.0.0.1", "rank_port": 17001}
-    for rank in ((0, 0, 0, 0), (0, 0, 5, 0), (-1, 0, 1, 0)):
+    for rank in ((0, 0, 5, 0), (-1, 0, 1, 0)):
         resp = get_route(server, *rank)
-        assert (resp.status_code, resp.text) == (404, "rank not registered")
+        assert resp.status_code == 404
+        assert resp.text == (f"Bootstrap info not found for dp_rank={rank[0]} cp_rank={rank[1]} "
+                             f"tp_rank={rank[2]} pp_rank={rank[3]}")
 
 
 @pytest.mark.parametrize(
@@ -318,7 +334,7 @@ def test_head_route_is_405_without_body(server: BootstrapServer) -> None:
 
 def test_put_health_is_405(server: BootstrapServer) -> None:
     resp = requests.put(f"{server.base_url}/health", timeout=5)
-    assert resp.status_code == 405 and resp.headers["Allow"] == "GET"
+    assert resp.status_code == 405 and resp.headers["Allow"] == "GET, HEAD"
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/"), ("GET", "/route/"), ("PUT", "/routes")])

@@ -77,10 +77,11 @@ def test_bad_value_exits_2_naming_the_flag(command: str, flag: str, value: str,
         argv += [flag, value]
     if flag == "--health-host":
         argv += ["--health-port", "0"]  # the host is bound only when probes are served
+    code: int | str | None
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse
-        code = exc.code  # type: ignore[assignment]
+        code = exc.code
     err = capsys.readouterr().err
     assert code == 2, err
     assert flag in err or flag.lstrip("-").replace("-", "_") in err, err

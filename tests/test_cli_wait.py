@@ -7,23 +7,24 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from coordinator import BootstrapServer, Registration
 from coordinator.cli import main
-from coordinator.testing import example_payload
-from coordinator.testing import free_port
+from coordinator.testing import example_payload, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def restore_logging():  # type: ignore[no-untyped-def]
+def restore_logging() -> Iterator[None]:
     """main() configures logging, as a CLI should: give the test process its own back."""
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level, logging.getLogger("transitions").level, logging.getLogger("urllib3").level)
+    saved = (root.handlers[:], root.level, logging.getLogger("transitions").level,
+             logging.getLogger("urllib3").level)
     yield
     root.handlers[:], root.level = saved[0], saved[1]
     logging.getLogger("transitions").setLevel(saved[2])
@@ -31,14 +32,14 @@ def restore_logging():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def complete_prefill():  # type: ignore[no-untyped-def]
+def complete_prefill() -> Iterator[BootstrapServer]:
     with BootstrapServer() as server:
         for rank in range(4):
             Registration(server.url, {**example_payload(rank, 4), "page_size": 16}, hooks=()).run()
         yield server
 
 
-def test_exit_0_prints_the_prefill_info(complete_prefill, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_exit_0_prints_the_prefill_info(complete_prefill: BootstrapServer, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["wait", "--bootstrap", f"127.0.0.1:{complete_prefill.port}", "--target", "0,0,3,0",
                  "--target", "0,0,1,0", "--expect-page-size", "16", "--expect-kv-cache-dtype", "auto"])
     out = capsys.readouterr().out
@@ -48,14 +49,15 @@ def test_exit_0_prints_the_prefill_info(complete_prefill, capsys) -> None:  # ty
     assert {(r["tp"], r["rank_port"]) for r in info["ranks"]} == {(1, 17001), (3, 17003)}
 
 
-def test_exit_124_when_the_deadline_passes(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_exit_124_when_the_deadline_passes(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["wait", "--bootstrap", f"127.0.0.1:{free_port()}", "--deadline", "1"])
     err = capsys.readouterr().err
     assert code == 124
     assert json.loads(err.strip().splitlines()[-1])["reason"] == "deadline"
 
 
-def test_exit_1_on_a_mismatch_after_one_lookup(complete_prefill, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_exit_1_on_a_mismatch_after_one_lookup(complete_prefill: BootstrapServer,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["wait", "--bootstrap", f"127.0.0.1:{complete_prefill.port}", "--expect-page-size", "64"])
     final = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert code == 1
@@ -76,7 +78,7 @@ def test_exit_1_on_a_mismatch_after_one_lookup(complete_prefill, capsys) -> None
     (["--bootstrap", "h:1", "--deadline", "inf"], "--deadline"),
     (["--bootstrap", "h:1", "--deadline", "-3"], "--deadline"),
 ])
-def test_exit_2_on_bad_input(args, needle, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_exit_2_on_bad_input(args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         code = main(["wait", *args])
         raise SystemExit(code)
@@ -90,7 +92,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, env={**os.environ})
 
 
-def test_command_runs_after_success_with_the_info_and_its_status_is_ours(complete_prefill) -> None:  # type: ignore[no-untyped-def]
+def test_command_runs_after_success_with_the_info_and_its_status_is_ours(complete_prefill: BootstrapServer) -> None:
     r = _cli("wait", "--bootstrap", f"127.0.0.1:{complete_prefill.port}", "--",
              sys.executable, "-c", "import json, os, sys; "
              "print('page', json.loads(os.environ['PREFILL_STARTUP_INFO'])['page_size']); sys.exit(3)")
@@ -98,14 +100,14 @@ def test_command_runs_after_success_with_the_info_and_its_status_is_ours(complet
     assert r.stdout.splitlines()[-1] == "page 16"
 
 
-def test_command_is_not_run_on_failure(complete_prefill, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_command_is_not_run_on_failure(complete_prefill: BootstrapServer, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     r = _cli("wait", "--bootstrap", f"127.0.0.1:{complete_prefill.port}", "--expect-page-size", "64", "--",
              sys.executable, "-c", f"open({str(marker)!r}, 'w').close()")
     assert r.returncode == 1 and not marker.exists()
 
 
-def test_dashdash_is_only_for_wait(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_dashdash_is_only_for_wait(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["diagram", "--check", "--", "true"])
     assert exit_info.value.code == 2 and "'-- COMMAND' is for 'wait'" in capsys.readouterr().err

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
 import random
 import socket
@@ -18,16 +17,14 @@ import sys
 import threading
 import time
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from collections.abc import Callable
 
 import pytest
 
-from coordinator import Backoff, FakeClock, Registration, RetryPolicy, SystemClock
+from coordinator import Backoff, FakeClock, Registration, RetryPolicy, Snapshot, SystemClock
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.testing import example_payload
-from coordinator.snapshot import Snapshot
-from coordinator.testing import ScriptedTransport
+from coordinator.testing import FaultServer, ScriptedTransport, example_payload
+from coordinator.testing.faultserver import Action, Conn, Request, respond
 from states import TERMINAL, TRANSITIONS, State
 
 ALLOWED = frozenset((t.source, t.dest) for t in TRANSITIONS)
@@ -54,7 +51,7 @@ def check_consistent(s: Snapshot) -> None:
     # REGISTERING (attempt k+1).
     if s.state is State.BACKOFF:
         assert s.seq == 2 * s.attempt, s
-        assert s.next_attempt_at >= s.taken_at, s
+        assert s.next_attempt_at is not None and s.next_attempt_at >= s.taken_at, s
         assert s.last_error == REFUSED.cause and s.last_status is None, s
     elif s.state is State.REGISTERING:
         assert s.seq == 2 * s.attempt - 1, s
@@ -118,7 +115,7 @@ def test_snapshots_are_never_torn_while_the_driver_makes_100k_transitions() -> N
     try:
         while reg.snapshot().seq < TRANSITIONS_TARGET and not errors:
             s = reg.poll()
-            if s.state is State.BACKOFF and s.next_attempt_at > clock.now():
+            if s.state is State.BACKOFF and s.next_attempt_at is not None and s.next_attempt_at > clock.now():
                 clock.set(s.next_attempt_at)  # every poll is then a transition
         final = reg.stop()
     finally:
@@ -170,81 +167,43 @@ def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-class LoopbackServer:
-    """Stdlib HTTP/1.1 (keep-alive) server on 127.0.0.1:0; answers each PUT from a script."""
+class Held(Action):
+    """Answer like ``answer``, but only once ``release`` is set (or the server closes)."""
 
-    def __init__(self, *answers: tuple[int, dict[str, str]], hold: threading.Event | None = None) -> None:
-        self.answers, self.hold = list(answers), hold
-        self.puts = 0
-        self.received = threading.Event()
-        owner = self
+    def __init__(self, answer: Action, release: threading.Event) -> None:
+        super().__init__(f"held {answer.name}")
+        self.answer, self.release = answer, release
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_PUT(self) -> None:  # noqa: N802
-                json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                owner.puts += 1
-                owner.received.set()
-                if owner.hold is not None:
-                    owner.hold.wait(30)  # answer only when released (or never, if the client left)
-                code, headers = owner.answers.pop(0) if len(owner.answers) > 1 else owner.answers[0]
-                self.send_response(code)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                # Answering a client that stop() made hang up is expected to fail; stay quiet.
-                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-                    super().handle_error(request, client_address)
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                                       name="test-loopback-server")
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/route"
-
-    def close(self) -> None:
-        if self.hold is not None:
-            self.hold.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
+    def run(self, conn: Conn, request: Request | None) -> bool:
+        while not self.release.is_set():
+            if not conn.wait(0.01):
+                return False  # the server is closing
+        return self.answer.run(conn, request)
 
 
-def _registered(server: LoopbackServer, policy: RetryPolicy) -> Snapshot:
+def _registered(server: FaultServer, policy: RetryPolicy) -> Snapshot:
     reg = Registration(server.url, example_payload(), policy=policy, name="leakcheck", on_exhausted="return")
     reg.start()
     return reg.wait(timeout=10)
 
 
-def _stopped_in_backoff(server: LoopbackServer, policy: RetryPolicy) -> Snapshot:
+def _stopped_in_backoff(server: FaultServer, policy: RetryPolicy) -> Snapshot:
     reg = Registration(server.url, example_payload(), policy=policy, name="leakcheck", on_exhausted="return")
     reg.start()
     assert _wait_until(lambda: reg.snapshot().state is State.BACKOFF, 10), reg.snapshot()
     return reg.stop(timeout=10)
 
 
-def _stopped_in_flight(server: LoopbackServer, policy: RetryPolicy) -> Snapshot:
+def _stopped_in_flight(server: FaultServer, policy: RetryPolicy) -> Snapshot:
     reg = Registration(server.url, example_payload(), policy=policy, name="leakcheck", on_exhausted="return")
     reg.start()
-    assert server.received.wait(10)  # the PUT is on the wire, the server holds its answer
+    assert _wait_until(lambda: server.request_count >= 1, 10)  # the PUT is on the wire, the server holds its answer
     return reg.stop(timeout=10)
 
 
 _LONG = RetryPolicy(attempt_timeout_s=30.0, deadline_s=None, trouble=Backoff(30.0, 30.0), jitter=0.0)
-SCENARIOS = {
+Drive = Callable[[FaultServer, RetryPolicy], Snapshot]
+SCENARIOS: dict[str, tuple[list[tuple[int, dict[str, str]]], bool, RetryPolicy, Drive, tuple[State, str]]] = {
     # name: (server answers, hold answers?, policy, drive, expected (state, reason))
     "registered": ([(200, {})], False, _LONG, _registered, (State.REGISTERED, "registered")),
     "exhausted": ([(503, {})], False, RetryPolicy(max_attempts=3, deadline_s=None, trouble=Backoff(0.01, 0.01),
@@ -262,8 +221,11 @@ SCENARIOS = {
 def test_background_mode_leaves_no_thread_and_no_socket(scenario: str) -> None:
     answers, hold, policy, drive, expected = SCENARIOS[scenario]
     threads_before = set(threading.enumerate())
-    server = LoopbackServer(*answers, hold=threading.Event() if hold else None)
-    unraisable: list[Any] = []
+    release = threading.Event()
+    # HTTP/1.1 keep-alive answers with a small JSON body; held ones wait for ``release``.
+    actions = [respond(code, b"{}", headers, keep_alive=True) for code, headers in answers]
+    server = FaultServer(*[Held(a, release) if hold else a for a in actions]).start()
+    unraisable: list[sys.UnraisableHookArgs] = []
     old_hook = sys.unraisablehook
     try:
         baseline = _open_sockets()  # the server's listening socket included
@@ -272,21 +234,22 @@ def test_background_mode_leaves_no_thread_and_no_socket(scenario: str) -> None:
             sys.unraisablehook = unraisable.append  # a ResourceWarning raised in __del__ lands here
             snap = drive(server, policy)
             assert (snap.state, snap.reason) == expected, snap
-            assert server.puts >= 1
+            assert server.request_count >= 1 and {r.method for r in server.requests} == {"PUT"}
             # stop() and wait() joined the driver thread: it is gone at once.
             assert not [t for t in threading.enumerate() if t.name.startswith("prefill-startup-")]
             # A cancelled watchdog timer ends within moments; an uncancelled one would live 30 s.
             assert _wait_until(lambda: not _library_threads(threads_before), 2.0), _library_threads(threads_before)
             # The Registration is gone from scope but maybe not collected: its session must already be
             # closed. The server's end closes when it reads EOF, so wait for both ends (bounded).
-            if server.hold is not None:
-                server.hold.set()
+            release.set()
             assert _wait_until(lambda: _open_sockets() <= baseline, 3.0), (_open_sockets(), baseline)
             gc.collect()
             gc.collect()
     finally:
         sys.unraisablehook = old_hook
+        release.set()
         server.close()
+    assert not server.errors, server.errors
     assert not unraisable, [f"{u.exc_type.__name__}: {u.exc_value}" for u in unraisable]
 
 
@@ -325,7 +288,12 @@ def test_stop_racing_a_polling_thread_ends_cancelled_once() -> None:
     seen: list[Snapshot] = []
     reg.add_listener(seen.append)
     busy = threading.Event()  # the poller is well under way: stop() lands mid-stream
-    reg.add_listener(lambda s: s.attempt >= 50 and busy.set())
+
+    def on_snapshot(s: Snapshot) -> None:
+        if s.attempt >= 50:
+            busy.set()
+
+    reg.add_listener(on_snapshot)
     errors: list[BaseException] = []
     started = threading.Event()
 

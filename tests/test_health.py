@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import http.client
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 import requests
 
-from coordinator import FakeClock, Registration, RetryPolicy, health
+from coordinator import Discovery, FakeClock, Registration, RetryPolicy, health
+from coordinator.testing import ScriptedTransport, Step
 from states import State
 
-from conftest import REFUSED, ScriptedTransport, status
-
 URL = "http://127.0.0.1:8998/route"
+ANSWERS: dict[State, Step] = {State.REGISTERED: 200, State.FAILED: (404, {}, "no route")}  # else: refused
 
 
-def in_state(target: State, payload: dict, name: str | None = None) -> Registration:
+def in_state(target: State, payload: dict[str, Any], name: str | None = None) -> Registration:
     clock = FakeClock(100.0)
-    script = {State.REGISTERED: (status(200),), State.FAILED: (status(404, "no route"),)}.get(target, (REFUSED,))
-    reg = Registration(URL, payload, clock=clock, transport=ScriptedTransport(script[:-1], then=script[-1]), on_exhausted="return",
-                       name=name)
+    reg = Registration(URL, payload, clock=clock, transport=ScriptedTransport([], then=ANSWERS.get(target, "refused")),
+                       on_exhausted="return", name=name)
     steps = {State.INIT: 0, State.REGISTERING: 1, State.BACKOFF: 2, State.REGISTERED: 2, State.FAILED: 2}
     for _ in range(steps[target]):
         reg.poll()
@@ -35,19 +40,20 @@ EXPECTED = {  # state: (livez, readyz, startupz)
 
 
 @pytest.fixture
-def http():  # type: ignore[no-untyped-def]
+def session() -> Iterator[requests.Session]:
     with requests.Session() as s:
         s.trust_env = False
         yield s
 
 
 @pytest.mark.parametrize("state", list(State), ids=lambda s: s.value)
-def test_probes_over_http_in_each_state(state: State, payload, http) -> None:  # type: ignore[no-untyped-def]
+def test_probes_over_http_in_each_state(state: State, payload: dict[str, Any], session: requests.Session) -> None:
     reg = in_state(state, payload)
     with health.serve(reg) as probes:
-        codes = tuple(http.get(f"{probes.url}{p}", timeout=5).status_code for p in ("/livez", "/readyz", "/startupz"))
-        status_page = http.get(f"{probes.url}/status", timeout=5)
-        livez = http.get(f"{probes.url}/livez", timeout=5).json()
+        codes = tuple(session.get(f"{probes.url}{p}", timeout=5).status_code
+                      for p in ("/livez", "/readyz", "/startupz"))
+        status_page = session.get(f"{probes.url}/status", timeout=5)
+        livez = session.get(f"{probes.url}/livez", timeout=5).json()
     assert codes == EXPECTED[state]
     assert status_page.status_code == 200
     body = status_page.json()
@@ -63,13 +69,13 @@ def test_probes_over_http_in_each_state(state: State, payload, http) -> None:  #
         assert livez["reason"] == "permanent" and livez["last_status"] == 404
 
 
-def test_unknown_path_is_404(payload, http) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_path_is_404(payload: dict[str, Any], session: requests.Session) -> None:
     with health.serve(in_state(State.INIT, payload)) as probes:
-        r = http.get(f"{probes.url}/nope", timeout=5)
+        r = session.get(f"{probes.url}/nope", timeout=5)
     assert r.status_code == 404 and "/readyz" in r.json()["error"]
 
 
-def test_probe_function_is_framework_free(payload) -> None:  # type: ignore[no-untyped-def]
+def test_probe_function_is_framework_free(payload: dict[str, Any]) -> None:
     reg = in_state(State.BACKOFF, payload)
     code, body = health.probe("/readyz", reg.snapshot(), reg.clock.now())
     assert code == 503 and body["ok"] is False and body["state"] == "BACKOFF"
@@ -77,27 +83,27 @@ def test_probe_function_is_framework_free(payload) -> None:  # type: ignore[no-u
         health.probe("/nope", reg.snapshot(), 0.0)
 
 
-def test_several_registrations_aggregate(payload, http) -> None:  # type: ignore[no-untyped-def]
+def test_several_registrations_aggregate(payload: dict[str, Any], session: requests.Session) -> None:
     regs = [in_state(State.REGISTERED, payload), in_state(State.BACKOFF, payload)]
     with health.serve(regs) as probes:
-        ready = http.get(f"{probes.url}/readyz", timeout=5)
-        live = http.get(f"{probes.url}/livez", timeout=5)
+        ready = session.get(f"{probes.url}/readyz", timeout=5)
+        live = session.get(f"{probes.url}/livez", timeout=5)
     assert (ready.status_code, live.status_code) == (503, 200)
     assert [r["state"] for r in ready.json()["registrations"]] == ["REGISTERED", "BACKOFF"]
 
 
-def test_binds_loopback_by_default(payload) -> None:  # type: ignore[no-untyped-def]
+def test_binds_loopback_by_default(payload: dict[str, Any]) -> None:
     with health.serve(in_state(State.INIT, payload)) as probes:
         assert probes.url.startswith("http://127.0.0.1:")
 
 
-def test_background_failure_shows_on_the_probes(payload, http) -> None:  # type: ignore[no-untyped-def]
-    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([], then=REFUSED),
+def test_background_failure_shows_on_the_probes(payload: dict[str, Any], session: requests.Session) -> None:
+    reg = Registration(URL, payload, clock=FakeClock(), transport=ScriptedTransport([], then="refused"),
                        policy=RetryPolicy(max_attempts=3), on_exhausted="raise")
     with health.serve(reg) as probes:
         reg.start()
         snap = reg.wait(timeout=10)
-        live = http.get(f"{probes.url}/livez", timeout=5)
+        live = session.get(f"{probes.url}/livez", timeout=5)
     assert snap.state is State.FAILED and live.status_code == 503  # "raise" does not apply off-thread
     assert live.json()["reason"] == "exhausted"
 
@@ -105,12 +111,12 @@ def test_background_failure_shows_on_the_probes(payload, http) -> None:  # type:
 # -- ?verbose, ?exclude, /metrics ------------------------------------------------------------
 
 
-def test_verbose_is_kube_apiserver_text(payload, http) -> None:  # type: ignore[no-untyped-def]
+def test_verbose_is_kube_apiserver_text(payload: dict[str, Any], session: requests.Session) -> None:
     ok, waiting = in_state(State.REGISTERED, payload, "rank0"), in_state(State.BACKOFF, payload, "rank1")
     with health.serve([ok, waiting]) as probes:
-        r = http.get(f"{probes.url}/readyz?verbose", timeout=5)
-        live = http.get(f"{probes.url}/livez?verbose=1", timeout=5)
-        excluded = http.get(f"{probes.url}/readyz?verbose&exclude=rank1&exclude=rank9", timeout=5)
+        r = session.get(f"{probes.url}/readyz?verbose", timeout=5)
+        live = session.get(f"{probes.url}/livez?verbose=1", timeout=5)
+        excluded = session.get(f"{probes.url}/readyz?verbose&exclude=rank1&exclude=rank9", timeout=5)
     assert r.status_code == 503 and r.headers["Content-Type"].startswith("text/plain")
     lines = r.text.splitlines()
     assert lines[0] == "[+]registration rank0 ok"
@@ -124,38 +130,28 @@ def test_verbose_is_kube_apiserver_text(payload, http) -> None:  # type: ignore[
         'warn: some health checks cannot be excluded: no matches for "rank9"', "readyz check passed"]
 
 
-def test_verbose_failed_says_why_in_full() -> None:
-    from coordinator.testing import ScriptedTransport
-
+def test_verbose_failed_says_why_in_full(payload: dict[str, Any]) -> None:
     clock = FakeClock()
-    reg = Registration(URL, _payload(), clock=clock, name="rank3", on_exhausted="return",
+    reg = Registration(URL, payload, clock=clock, name="rank3", on_exhausted="return",
                        transport=ScriptedTransport([(404, {}, "no route")], clock=clock), hooks=())
     reg.run()
-    status, text = health.verbose("/livez", [reg.snapshot()], clock.now())
-    assert status == 503
+    code, text = health.verbose("/livez", [reg.snapshot()], clock.now())
+    assert code == 503
     assert text.splitlines()[0] == "[-]registration rank3 failed: FAILED (permanent), attempt 1, HTTP 404"
 
 
-def _payload() -> dict:  # type: ignore[type-arg]
-    from coordinator.testing import example_payload
-
-    return example_payload()
-
-
-def test_json_bodies_name_the_driver(payload, http) -> None:  # type: ignore[no-untyped-def]
+def test_json_bodies_name_the_driver(payload: dict[str, Any], session: requests.Session) -> None:
     reg = in_state(State.INIT, payload)
     with health.serve(reg) as probes:
-        body = http.get(f"{probes.url}/readyz", timeout=5).json()
+        body = session.get(f"{probes.url}/readyz", timeout=5).json()
     assert (body["kind"], body["name"]) == ("registration", None)
 
 
-def test_metrics_from_a_registry_and_404_without_the_extra(payload, http, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import sys
-
+def test_metrics_from_a_registry_and_404_without_the_extra(payload: dict[str, Any], session: requests.Session,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from prometheus_client import CollectorRegistry
 
     from coordinator.instrumentation import PrometheusHook
-    from coordinator.testing import ScriptedTransport
 
     registry = CollectorRegistry()
     clock = FakeClock()
@@ -163,36 +159,32 @@ def test_metrics_from_a_registry_and_404_without_the_extra(payload, http, monkey
                        transport=ScriptedTransport(["refused", 200], clock=clock))
     reg.run()
     with health.serve(reg, registry=registry) as probes:
-        r = http.get(f"{probes.url}/metrics", timeout=5)
+        r = session.get(f"{probes.url}/metrics", timeout=5)
         monkeypatch.setitem(sys.modules, "prometheus_client", None)
-        missing = http.get(f"{probes.url}/metrics", timeout=5)
-        still = http.get(f"{probes.url}/readyz", timeout=5)
+        missing = session.get(f"{probes.url}/metrics", timeout=5)
+        still = session.get(f"{probes.url}/readyz", timeout=5)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain; version=")
-    assert 'prefill_startup_attempts_total{lane="refused",outcome="refused",registration="rank0"} 1.0' in r.text
-    assert 'prefill_startup_state{registration="rank0",state="REGISTERED"} 1.0' in r.text
-    assert "prefill_startup_registration_seconds_count" in r.text
+    assert 'prefill_startup_attempts_total{kind="registration",lane="refused",name="rank0",outcome="refused"} 1.0' in r.text
+    assert 'prefill_startup_state{kind="registration",name="rank0",state="REGISTERED"} 1.0' in r.text
+    assert "prefill_startup_duration_seconds_count" in r.text
     assert missing.status_code == 404 and "pip install 'prefill-startup[metrics]'" in missing.text
     assert still.status_code == 200
 
 
-def test_a_discovery_among_the_drivers(payload, http) -> None:  # type: ignore[no-untyped-def]
-    from coordinator import Discovery
-    from coordinator.testing import ScriptedTransport
-
+def test_a_discovery_among_the_drivers(payload: dict[str, Any], session: requests.Session) -> None:
     clock = FakeClock()
     d = Discovery("10.0.0.5:8998", clock=clock, transport=ScriptedTransport([503], clock=clock), hooks=())
     d.poll(), d.poll()
     with health.serve([in_state(State.REGISTERED, payload), d]) as probes:
-        text = http.get(f"{probes.url}/readyz?verbose", timeout=5).text
+        text = session.get(f"{probes.url}/readyz?verbose", timeout=5).text
     assert "[-]discovery 10.0.0.5:8998 failed: BACKOFF, attempt 1, HTTP 503, NotYet, next attempt in" in text
 
 
-def test_probe_server_holds_a_burst_of_fresh_connections(payload) -> None:  # type: ignore[no-untyped-def]
-    import http.client
-    import threading
-
+def test_probe_server_holds_a_burst_of_fresh_connections(payload: dict[str, Any]) -> None:
     reg = in_state(State.REGISTERED, payload)
-    clients, errors, codes = 64, [], []
+    clients = 64
+    errors: list[OSError] = []
+    codes: list[int] = []
     barrier = threading.Barrier(clients)
     with health.serve(reg) as probes:
         def hit() -> None:

@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from coordinator import Backoff, FakeClock, Lane, Reason, Registration, RetryPolicy
+from coordinator import Backoff, FakeClock, Lane, Reason, Registration, RetryPolicy, Snapshot
 from coordinator.outcome import Cause, Failure, Outcome
+from coordinator.policy import Decision
 from coordinator.sim.upstream import sglang_pr25125
 from coordinator.testing import example_payload
 from coordinator.testing import Call, ScriptedTransport
@@ -30,7 +31,7 @@ from states import TERMINAL, TRANSITIONS, State, Verdict
 URL = "http://127.0.0.1:8998/route"
 ALLOWED: frozenset[tuple[State, State]] = frozenset((t.source, t.dest) for t in TRANSITIONS)
 MIN_SLEEP_S = 1e-3  # policy._MIN_SLEEP_S: below this much room before the deadline, give up
-LAST_ATTEMPT_MIN_S = 1.0  # policy._LAST_ATTEMPT_MIN_S
+LAST_ATTEMPT_MIN_S = 0.05  # policy._LAST_ATTEMPT_MIN_S
 
 
 def tol(*xs: float) -> float:
@@ -119,7 +120,8 @@ def planned_outcomes(draw: st.DrawFn, kinds: list[str] = _ALL_KINDS) -> Planned:
     if kind in ("5xx", "429"):
         code = 429 if kind == "429" else draw(st.sampled_from([408, 500, 502, 503, 504]))
         headers, ra = draw(retry_afters())
-        return Planned(Outcome.of_status(code, "busy", **headers), "trouble", ra)
+        outcome = Outcome.of_status(code, "busy", retry_after=headers.get("retry_after"), date=headers.get("date"))
+        return Planned(outcome, "trouble", ra)
     if kind == "refused":
         return Planned(_failure(Failure.REFUSED), "refused")
     if kind == "net":
@@ -132,6 +134,12 @@ def planned_outcomes(draw: st.DrawFn, kinds: list[str] = _ALL_KINDS) -> Planned:
         code = draw(st.sampled_from([201, 204, 301, 302, 307]))
         return Planned(Outcome.of_status(code), "permanent")
     return Planned(RuntimeError("transport bug"), "internal")
+
+
+def delay_of(d: Decision) -> float:
+    """The delay of a decision that retries."""
+    assert d.delay_s is not None, d
+    return d.delay_s
 
 
 def expected_lane(policy: RetryPolicy, plan: Planned) -> Lane | None:
@@ -175,16 +183,16 @@ class RegistrationMachine(RuleBasedStateMachine):
         self.transport = ScriptedTransport([], then=self.step)
         self.reg = Registration(URL, example_payload(), policy=policy, clock=self.clock,
                                 rng=random.Random(seed), transport=self.transport, on_exhausted="return")
-        self.published: list[Any] = []
+        self.published: list[Snapshot] = []
         self.reg.add_listener(self.published.append)
         self.lane_failures: dict[Lane, int] = {}
-        self.seen_terminal: Any = None
+        self.seen_terminal: Snapshot | None = None
         self.last = self.reg.snapshot()
         assert self.last.state is State.INIT and self.last.seq == 0
 
     # -- helpers --
 
-    def _check_change(self, before: Any, after: Any) -> None:
+    def _check_change(self, before: Snapshot, after: Snapshot) -> None:
         """One step = at most one transition, allowed by the table, published once."""
         if after is before:
             return
@@ -223,6 +231,7 @@ class RegistrationMachine(RuleBasedStateMachine):
             assert not attempted
         elif before.state is State.BACKOFF:
             assert not attempted
+            assert before.next_attempt_at is not None
             if t0 >= before.next_attempt_at:
                 assert (after.state, after.attempt) == (State.REGISTERING, before.attempt + 1)
             else:
@@ -230,8 +239,9 @@ class RegistrationMachine(RuleBasedStateMachine):
         else:
             self._check_attempt(before, after, plan, t0, attempted)
 
-    def _check_attempt(self, before: Any, after: Any, plan: Planned, t0: float, attempted: bool) -> None:
+    def _check_attempt(self, before: Snapshot, after: Snapshot, plan: Planned, t0: float, attempted: bool) -> None:
         policy = self.policy
+        assert before.started_at is not None  # REGISTERING: the first attempt has begun
         timeout = policy.attempt_timeout(t0 - before.started_at)
         if timeout <= 0:
             assert not attempted
@@ -269,6 +279,7 @@ class RegistrationMachine(RuleBasedStateMachine):
             low, high = min(low, room), min(high, room)
         assert after.state is State.BACKOFF, (after, plan)
         self.lane_failures[lane] = self.lane_failures.get(lane, 0) + 1
+        assert after.next_attempt_at is not None
         delay = after.next_attempt_at - t_end
         note(f"delay {delay!r} in [{low!r}, {high!r}] lane={lane} ra={ra}")
         assert low - tol(t_end, high) <= delay <= high + tol(t_end, high), (delay, low, high)
@@ -282,11 +293,14 @@ class RegistrationMachine(RuleBasedStateMachine):
     @rule(early=st.sampled_from([0.0, 0.0, 1e-6, 1e-3]))
     def advance_to_due(self, early: float) -> None:
         """Land on (or just before) the due time: the guard's boundary."""
+        assert self.reg is not None
         due = self.reg.snapshot().next_attempt_at
+        assert due is not None
         self.clock.set(max(self.clock.now(), due - early))
 
     @rule(go=st.integers(0, 5))
     def stop(self, go: int) -> None:
+        assert self.reg is not None
         # Rules are drawn uniformly: cancel in one draw out of six, or runs would end in INIT.
         if go and not self.reg.snapshot().terminal:
             return
@@ -320,7 +334,7 @@ class RegistrationMachine(RuleBasedStateMachine):
         assert s.seq >= self.last.seq
         assert (s.started_at is None) == (s.state is State.INIT or (s.seq <= 1 and s.reason == "cancelled"))
         if s.state is State.BACKOFF:
-            assert s.next_attempt_at >= s.taken_at
+            assert s.next_attempt_at is not None and s.next_attempt_at >= s.taken_at
             assert s.attempt >= 1
         # The transport is closed exactly once, when a terminal state is reached.
         assert self.transport.closes == (1 if s.terminal else 0)
@@ -345,6 +359,7 @@ class RegistrationMachine(RuleBasedStateMachine):
             return
         s = self.reg.snapshot()
         if s.next_attempt_at is not None and self.policy.deadline_s is not None:
+            assert s.started_at is not None
             assert s.next_attempt_at - s.started_at <= self.policy.deadline_s + tol(s.next_attempt_at)
 
     @invariant()
@@ -382,6 +397,7 @@ TestRegistrationMachine.settings = settings(
 def test_delay_within_bounds(policy: RetryPolicy, plan: Planned, attempt: int, failures: int,
                              elapsed: float, now: float, seed: int) -> None:
     lane = expected_lane(policy, plan)
+    assert lane is not None  # a retryable plan
     d = policy.decide(plan.outcome, attempt=attempt, lane_failures={lane: failures}, elapsed_s=elapsed,
                       now=now, rng=random.Random(seed))
     assert d.lane is lane
@@ -397,9 +413,9 @@ def test_delay_within_bounds(policy: RetryPolicy, plan: Planned, attempt: int, f
             assert (d.verdict, d.reason, d.delay_s) == (Verdict.GIVE_UP, Reason.DEADLINE, None)
             return
         low, high = min(low, room), min(high, room)
-        assert elapsed + d.delay_s <= policy.deadline_s
+        assert d.delay_s is not None and elapsed + d.delay_s <= policy.deadline_s
     assert d.verdict is Verdict.RETRY
-    assert low <= d.delay_s <= high
+    assert d.delay_s is not None and low <= d.delay_s <= high
 
 
 @settings(max_examples=100, deadline=None)
@@ -413,8 +429,8 @@ def test_jitter_kept_at_the_cap(backoff: Backoff, jitter: float, n: int, seed: i
     assert backoff.envelope(n) == pytest.approx(cap, rel=1e-12)
     policy = RetryPolicy(deadline_s=None, refused=None, trouble=backoff, jitter=jitter)
     rng = random.Random(seed)
-    delays = [policy.decide(Outcome.of_status(503), attempt=1, lane_failures={Lane.TROUBLE: n - 1},
-                            elapsed_s=0.0, now=0.0, rng=rng).delay_s for _ in range(200)]
+    delays = [delay_of(policy.decide(Outcome.of_status(503), attempt=1, lane_failures={Lane.TROUBLE: n - 1},
+                                     elapsed_s=0.0, now=0.0, rng=rng)) for _ in range(200)]
     lo, mid = cap * (1 - jitter), cap * (1 - jitter / 2)
     assert all(lo * (1 - 1e-12) <= d <= cap * (1 + 1e-12) for d in delays)
     # Spread over the whole interval, not collapsed onto the cap (P(fail) = 2 * 2**-200).
@@ -440,7 +456,7 @@ def test_retry_after_is_a_floor_below_the_cap(policy: RetryPolicy, code: int, ra
     cap, initial = policy.trouble.cap_s, policy.trouble.initial_s
     floor = min(ra, cap)
     spread = policy.jitter * max(floor, initial)
-    assert d.verdict is Verdict.RETRY
+    assert d.verdict is Verdict.RETRY and d.delay_s is not None
     assert d.delay_s <= cap  # the cap is a cap, whatever the server says
     if floor + spread <= cap:
         assert floor <= d.delay_s <= floor + spread
@@ -475,7 +491,12 @@ def test_upstream_schedule_in_a_whole_run(start: float, latency: float) -> None:
     reg = Registration(URL, example_payload(), policy=sglang_pr25125(), clock=clock,
                        transport=transport, on_exhausted="return")
     ends: list[float] = []
-    reg.add_listener(lambda s: s.state is State.BACKOFF and ends.append(s.state_since))
+
+    def on_snapshot(s: Snapshot) -> None:
+        if s.state is State.BACKOFF:
+            ends.append(s.state_since)
+
+    reg.add_listener(on_snapshot)
     snap = reg.run()
     assert (snap.state, snap.reason, snap.attempt) == (State.FAILED, "exhausted", 5)
     assert clock.sleeps == pytest.approx([min(2**k, 30) * (0.75 + 0.25 * (t % 1)) for k, t in enumerate(ends)],

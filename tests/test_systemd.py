@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from collections.abc import Iterator
@@ -12,8 +13,7 @@ import pytest
 from coordinator import BootstrapServer, FakeClock, Registration, RetryPolicy
 from coordinator.cli import main
 from coordinator.instrumentation import SystemdNotifier
-from coordinator.testing import example_payload
-from coordinator.testing import ScriptedTransport
+from coordinator.testing import ScriptedTransport, example_payload
 from states import State
 
 
@@ -29,7 +29,7 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
 
 def received(sock: socket.socket) -> list[dict[str, str]]:
     sock.setblocking(False)
-    out = []
+    out: list[dict[str, str]] = []
     while True:
         try:
             data = sock.recv(4096)
@@ -38,7 +38,7 @@ def received(sock: socket.socket) -> list[dict[str, str]]:
         out.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
 
 
-def test_status_extend_and_ready(notify_socket) -> None:  # type: ignore[no-untyped-def]
+def test_status_extend_and_ready(notify_socket: tuple[str, socket.socket]) -> None:
     path, sock = notify_socket
     clock = FakeClock()
     reg = Registration("http://h:1/route", example_payload(), clock=clock, name="rank0",
@@ -58,7 +58,7 @@ def test_status_extend_and_ready(notify_socket) -> None:  # type: ignore[no-unty
     assert messages[-1].get("READY") == "1" and "EXTEND_TIMEOUT_USEC" not in messages[-1]
 
 
-def test_failed_names_the_reason(notify_socket) -> None:  # type: ignore[no-untyped-def]
+def test_failed_names_the_reason(notify_socket: tuple[str, socket.socket]) -> None:
     path, sock = notify_socket
     reg = Registration("http://h:1/route", example_payload(), clock=FakeClock(), hooks=[SystemdNotifier(path)],
                        transport=ScriptedTransport([404]), on_exhausted="return")
@@ -92,12 +92,12 @@ def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="socket_path"):
         SystemdNotifier()
     monkeypatch.setenv("NOTIFY_SOCKET", "@x")
-    assert SystemdNotifier.from_env().socket_path == "@x"  # type: ignore[union-attr]
+    notifier = SystemdNotifier.from_env()
+    assert notifier is not None and notifier.socket_path == "@x"
 
 
-def test_register_command_notifies_systemd(notify_socket, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    import logging
-
+def test_register_command_notifies_systemd(notify_socket: tuple[str, socket.socket],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     path, sock = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     root = logging.getLogger()

@@ -5,21 +5,24 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from coordinator import Outcome, Registration
-from coordinator.testing import FakeClock, FaultServer, ScriptedTransport, ScriptExhausted
+from coordinator import Discovery, Outcome, Registration
+from coordinator.testing import FakeClock, FaultServer, ScriptedTransport, ScriptExhausted, Step
+from coordinator.testing.faultserver import respond
 from states import State
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_done_when_four_attempts_three_sleeps() -> None:
+def test_done_when_four_attempts_three_sleeps(payload: dict[str, Any]) -> None:
     clock = FakeClock()
     transport = ScriptedTransport(["refused", "refused", (503, {"Retry-After": "1"}), 200], clock=clock)
-    reg = Registration("http://bootstrap.test:8998/route", {**_payload()}, clock=clock, transport=transport)
+    reg = Registration("http://bootstrap.test:8998/route", {**payload}, clock=clock, transport=transport)
     snap = reg.run()
     assert (snap.state, snap.attempt, len(clock.sleeps)) == (State.REGISTERED, 4, 3)
     assert clock.sleeps[2] >= 1.0  # Retry-After is a floor
@@ -28,48 +31,45 @@ def test_done_when_four_attempts_three_sleeps() -> None:
     assert transport.calls[0].body == reg._body and transport.calls[0].timeout == 5.0
 
 
-def _payload() -> dict:  # type: ignore[type-arg]
-    from coordinator.testing import example_payload
-
-    return example_payload()
-
-
 @pytest.mark.parametrize("item,failure_or_status", [
     ("refused", "refused"), ("dns", "dns"), ("timeout", "timeout"), ("reset", "reset"),
     ("connection", "connection"), (404, 404), ((429, {"Retry-After": "3"}), 429),
     (Outcome.of_status(503, "busy"), 503),
 ])
-def test_script_items(item, failure_or_status) -> None:  # type: ignore[no-untyped-def]
+def test_script_items(item: Step, failure_or_status: str | int) -> None:
     out = ScriptedTransport([item]).attempt("u", b"", 1.0)
-    assert (out.status if isinstance(failure_or_status, int) else out.failure.value) == failure_or_status
+    if isinstance(failure_or_status, int):
+        assert out.status == failure_or_status
+    else:
+        assert out.failure is not None and out.failure.value == failure_or_status
 
 
 def test_bad_script_items_fail_at_construction() -> None:
     for bad in ("refusd", 3.5, (503, "x"), None):
         with pytest.raises(ValueError, match="script item"):
-            ScriptedTransport([bad])  # type: ignore[list-item]
+            ScriptedTransport([bad])  # type: ignore[list-item]  # the point: a bad item raises
 
 
-def test_running_past_the_script_names_the_attempt(scripted_registration) -> None:  # type: ignore[no-untyped-def]
+def test_running_past_the_script_names_the_attempt(scripted_registration: Callable[..., Registration]) -> None:
     reg = scripted_registration(["refused", 503])
     with pytest.raises(ScriptExhausted, match=r"attempt 3 \(PUT http://bootstrap.test:8998/route\)"):
         reg.run()
-    assert len(reg.transport.calls) == 2
+    assert isinstance(reg.transport, ScriptedTransport) and len(reg.transport.calls) == 2
 
 
-def test_fixtures(scripted_registration, scripted_discovery, fake_clock) -> None:  # type: ignore[no-untyped-def]
+def test_fixtures(scripted_registration: Callable[..., Registration], scripted_discovery: Callable[..., Discovery],
+                  fake_clock: FakeClock) -> None:
     reg = scripted_registration([404], name="rank7", on_exhausted="return")
     assert reg.run().reason == "permanent" and reg.clock is fake_clock and reg.name == "rank7"
     d = scripted_discovery([503, (200, {}, '{"attn_tp_size": 1, "attn_cp_size": 1, "dp_size": 1, "pp_size": 1, '
                                       '"page_size": 1, "kv_cache_dtype": "auto"}')])
-    assert d.run().state is State.REGISTERED and d.info.page_size == 1 and len(fake_clock.sleeps) == 1
+    assert d.run().state is State.REGISTERED and d.info is not None
+    assert d.info.page_size == 1 and len(fake_clock.sleeps) == 1
 
 
-def test_fault_server_is_public() -> None:
-    from coordinator.testing.faultserver import respond
-
+def test_fault_server_is_public(payload: dict[str, Any]) -> None:
     with FaultServer(respond(200)) as server:
-        snap = Registration(server.url, _payload(), clock=FakeClock()).run()
+        snap = Registration(server.url, payload, clock=FakeClock()).run()
     assert snap.state is State.REGISTERED
 
 

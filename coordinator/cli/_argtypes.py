@@ -1,4 +1,6 @@
-"""argparse value types: the rules of :mod:`coordinator.validate`, as argparse wants them.
+"""argparse value types: the rules of :mod:`coordinator.validate` (through
+:mod:`coordinator.settings`, whose parsers the environment variables share), as argparse
+wants them.
 
 argparse names the option in its error ("argument --deadline: ..."), and exits 2.
 """
@@ -8,39 +10,48 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
-from coordinator import validate
+from coordinator import settings, validate
 from coordinator.protocol import base_url
+from coordinator.sim import MAX_RANKS, MAX_SPAN_S
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 
-def _argtype(check: Callable[[str], T], name: str) -> Callable[[str], T]:
+def argtype(check: Callable[[str], T], name: str) -> Callable[[str], T]:
+    field_free = settings.rule(check)  # the message starts after the field: argparse names the option
+
     def parse(text: str) -> T:
         try:
-            return check(text)
+            return field_free(text)
         except ValueError as exc:
-            # The rule's message starts with the field; argparse supplies the option name.
-            raise argparse.ArgumentTypeError(str(exc).removeprefix("value").strip()) from None
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     parse.__name__ = name  # argparse's "invalid <name> value" fallback
     return parse
 
 
-positive = _argtype(lambda t: validate.number(t, "value", positive=True), "positive")
-non_negative = _argtype(lambda t: validate.number(t, "value", positive=False), "non_negative")
-port = _argtype(lambda t: validate.port_text(t, "value"), "port")
-bind_port = _argtype(lambda t: validate.port_text(t, "value", allow_zero=True), "bind_port")
+positive = argtype(settings.positive, "positive")
+non_negative = argtype(settings.non_negative, "non_negative")
+bind_port = argtype(settings.bind_port, "bind_port")
+count = argtype(settings.count, "count")
 
 
-def _count(text: str) -> int:
-    n = validate.digits(text, "value")
-    if n < 1:
-        raise ValueError(f"value must be >= 1, got {n}")
-    return n
+def _at_most(parse: Callable[[str], N], high: N, unit: str = "") -> Callable[[str], N]:
+    def check(text: str) -> N:
+        value = parse(text)
+        if value > high:
+            raise ValueError(f"must be <= {high:g}{unit}, got {text!r}")
+        return value
+    return check
 
 
-count = _argtype(_count, "count")
+# example_payload gives rank i the port 17000 + i: past MAX_RANKS there is no port left.
+ranks = argtype(_at_most(settings.count, MAX_RANKS), "ranks")
+# The simulator's cost grows with the simulated span: an hour is the bound.
+span = argtype(_at_most(settings.non_negative, MAX_SPAN_S, " s"), "span")
 
 
 def _target(text: str) -> tuple[int, int, int, int]:
@@ -51,11 +62,7 @@ def _target(text: str) -> tuple[int, int, int, int]:
     return dp, cp, tp, pp
 
 
-target = _argtype(_target, "target")
-
-
-def _host(text: str) -> str:
-    return validate.host(text, "value")
+target = argtype(_target, "target")
 
 
 def _host_port_text(text: str) -> str:
@@ -65,6 +72,8 @@ def _host_port_text(text: str) -> str:
 
 def _bootstrap(text: str) -> str:
     # Checked now, with Discovery's own rules: a bad address exits 2 before anything runs.
+    if "://" in text and "@" in urlsplit(text).netloc:
+        raise ValueError("must not carry credentials (user:password@): wait sends none, and GET /route needs none")
     base_url(text, "value")
     return text
 
@@ -75,9 +84,10 @@ def _non_empty(text: str) -> str:
     return text
 
 
-host = _argtype(_host, "host")
-host_port = _argtype(lambda t: validate.host_port(t, "value"), "host_port")
-host_port_text = _argtype(_host_port_text, "host_port")
-bootstrap = _argtype(_bootstrap, "bootstrap")
-kv_cache_dtype = _argtype(_non_empty, "kv_cache_dtype")
-seed = _argtype(lambda t: validate.digits(t, "value"), "seed")
+host = argtype(settings.host, "host")
+host_port = argtype(lambda t: validate.host_port(t, "value"), "host_port")
+host_port_text = argtype(_host_port_text, "host_port")
+bootstrap = argtype(_bootstrap, "bootstrap")
+kv_cache_dtype = argtype(_non_empty, "kv_cache_dtype")
+seed = argtype(lambda t: validate.digits(t, "value"), "seed")
+name = argtype(lambda t: validate.name(t, "value"), "name")

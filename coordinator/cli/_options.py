@@ -1,19 +1,36 @@
-"""The options several commands share (policy, probes, token), and bad input (exit 2)."""
+"""The options several commands share (policy, probes, token, the PREFILL_STARTUP_*
+settings), and bad input (exit 2)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+from typing import Any
 
-from coordinator import validate
-from coordinator.cli._argtypes import bind_port, count, host, positive
+from coordinator import settings, validate
+from coordinator.cli._argtypes import argtype, name
 from coordinator.instrumentation import Hook, SystemdNotifier, default_hooks
 from coordinator.policy import RetryPolicy
+
+SETTINGS = {s.field: s for s in settings.TABLE}
 
 
 class UsageError(Exception):
     """Bad input from the command line: exit 2 with this message."""
+
+
+def add_setting(p: argparse.ArgumentParser, field: str, *, default: Any = settings.UNSET, **kwargs: Any) -> None:
+    """The flag of the setting ``field``: the flag wins over its variable, the variable over
+    ``default`` (the table's unless given; ``argparse.SUPPRESS`` for a copy of a global flag)."""
+    setting = SETTINGS[field]
+    assert setting.flag is not None, f"{setting.var} has no flag"
+    if default is settings.UNSET:
+        default = setting.default
+    if default is not argparse.SUPPRESS:
+        default = settings.read().get(field, default)
+    p.add_argument(setting.flag, type=argtype(setting.parse, field.removesuffix("_s")), default=default,
+                   help=f"{setting.help}; env {setting.var}", **kwargs)
 
 
 def token_from_env(var: str | None) -> str | None:
@@ -37,22 +54,32 @@ def policy_from(args: argparse.Namespace, base: RetryPolicy | None = None) -> Re
 
 
 def add_health_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--health-port", type=bind_port, metavar="P", help="serve the probes on P (0: any free port)")
-    p.add_argument("--health-host", type=host, default="127.0.0.1", metavar="H",
-                   help="probe bind address (default 127.0.0.1)")
+    add_setting(p, "health_port", metavar="P")
+    add_setting(p, "health_host", metavar="H")
 
 
 def add_policy_args(p: argparse.ArgumentParser, *, deadline: float) -> None:
-    p.add_argument("--deadline", type=positive, default=deadline, metavar="S",
-                   help=f"total budget in seconds from the first attempt (default {deadline:g})")
-    p.add_argument("--no-deadline", action="store_true", help="retry without a time budget")
-    p.add_argument("--max-attempts", type=count, default=None, metavar="N",
-                   help="give up after N attempts (default: unlimited, the deadline rules)")
-    p.add_argument("--attempt-timeout", type=positive, default=5.0, metavar="S",
-                   help="timeout of one attempt (default 5)")
+    add_setting(p, "deadline_s", default=deadline, metavar="S")
+    p.add_argument("--no-deadline", action="store_true", help="retry without a time budget (as --deadline none)")
+    add_setting(p, "max_attempts", metavar="N")
+    add_setting(p, "attempt_timeout_s", metavar="S")
 
 
-def hooks() -> list[Hook]:
-    """The default hooks, and sd_notify when systemd started us (``Type=notify`` units)."""
-    notifier = SystemdNotifier.from_env()
-    return [*default_hooks(), *([notifier] if notifier else [])]
+def add_name_arg(p: argparse.ArgumentParser, *, default: str) -> None:
+    p.add_argument("--name", type=name, metavar="NAME",
+                   help=f"label in logs, metrics, probes and sd_notify STATUS lines (default: {default})")
+
+
+class _StatusOnly(SystemdNotifier):
+    """sd_notify without READY=1: the COMMAND that ``wait`` runs next is the service."""
+
+    def notify(self, message: str) -> None:
+        super().notify("\n".join(line for line in message.split("\n") if line != "READY=1"))
+
+
+def hooks(*, ready: bool = True) -> list[Hook]:
+    """The default hooks, and sd_notify when systemd started us (``Type=notify`` units);
+    without ``ready``, STATUS and EXTEND_TIMEOUT_USEC only."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return default_hooks()
+    return [*default_hooks(), SystemdNotifier() if ready else _StatusOnly()]

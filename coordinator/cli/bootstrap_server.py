@@ -15,8 +15,10 @@ from coordinator.server import BootstrapServer
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     bs = sub.add_parser("bootstrap-server", parents=[common], help="run an SGLang-compatible bootstrap server")
-    bs.add_argument("--host", type=host, default="127.0.0.1")
-    bs.add_argument("--port", type=bind_port, default=8998, help="default 8998, as SGLang's")
+    bs.add_argument("--host", type=host, default="127.0.0.1", metavar="H",
+                    help="bind address (default 127.0.0.1; 0.0.0.0 or :: for every interface)")
+    bs.add_argument("--port", type=bind_port, default=8998, metavar="P",
+                    help="port, 0 for any free one (default 8998, as SGLang's)")
     bs.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on PUT")
     bs.set_defaults(func=run)
 

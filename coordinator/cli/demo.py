@@ -75,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
             now = clock.now()
             if server is None and now - t0 >= args.server_delay:
                 server = BootstrapServer("127.0.0.1", port).start()
-                listen_at = clock.now()
-                print(f"{listen_at - t0:6.2f}s  bootstrap server listening on {server.url}", flush=True)
+                # One time for every line of the iteration, read once the server listens:
+                # the timeline never runs backwards.
+                now = listen_at = clock.now()
+                print(f"{now - t0:6.2f}s  bootstrap server listening on {server.url}", flush=True)
             snaps = [r.snapshot() for r in registrations]
             print(_progress(now - t0, snaps, now), flush=True)
             if all(s.terminal for s in snaps) and decode.snapshot().terminal:

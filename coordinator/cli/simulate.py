@@ -9,17 +9,23 @@ import sys
 
 from typing import Any
 
-from coordinator.cli._argtypes import count, non_negative, seed
+from coordinator.cli._argtypes import count, non_negative, ranks, seed, span
 from coordinator.cli._run import EXIT_OK, EXIT_USAGE
 from coordinator.sim import (
     DEFAULT_RANKS,
     DEFAULT_TRIALS,
+    MAX_RANKS,
+    MAX_SPAN_S,
+    RestartScenario,
     Scenario,
     check_counts,
     compare,
     compare_decode,
+    compare_restart,
     describe,
+    describe_restart,
     format_decode_table,
+    format_restart_table,
     format_table,
     write_plot,
 )
@@ -34,31 +40,39 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The simulator's options, on ``parser``."""
-    parser.add_argument("--ranks", type=count, default=DEFAULT_RANKS, help=f"ranks per trial (default {DEFAULT_RANKS})")
-    parser.add_argument("--trials", type=count, default=DEFAULT_TRIALS,
+    up_to = f"at most {MAX_SPAN_S:g}"
+    parser.add_argument("--ranks", type=ranks, default=DEFAULT_RANKS, metavar="N",
+                        help=f"ranks per trial, at most {MAX_RANKS} (default {DEFAULT_RANKS})")
+    parser.add_argument("--trials", type=count, default=DEFAULT_TRIALS, metavar="T",
                         help=f"trials, each with its own R; figures aggregate them (default {DEFAULT_TRIALS}; "
-                             "each costs seconds: the defaults take over a minute)")
+                             "the time grows with ranks x trials: the defaults take 15-30 s on 2 cores)")
     parser.add_argument("--seed", type=seed, default=0, help="same seed, same figures (default 0)")
     when = parser.add_mutually_exclusive_group()
-    when.add_argument("--late-start", type=non_negative, nargs=2, metavar=("MIN", "MAX"), default=(0.0, 60.0),
-                      help="the server listens at R ~ U[MIN, MAX] s, one R per trial (default 0 60)")
-    when.add_argument("--server-up-at", type=non_negative, metavar="S", help="the server listens at exactly S s")
-    parser.add_argument("--unavailable", type=non_negative, default=0.0, metavar="S", help="then answers 503 for S s")
-    parser.add_argument("--hang", type=non_negative, default=0.0, metavar="S",
-                        help="after R, accepts but never answers for S s (before any 503 phase)")
-    parser.add_argument("--capacity", type=count, metavar="K", help="answers at most K requests per second; beyond, 503")
-    parser.add_argument("--start-window", type=non_negative, default=0.05, metavar="S",
-                        help="ranks start uniformly within S s (default 0.05)")
+    when.add_argument("--late-start", type=span, nargs=2, metavar=("MIN", "MAX"), default=(0.0, 60.0),
+                      help=f"the server listens at R ~ U[MIN, MAX] s, one R per trial; {up_to} (default 0 60)")
+    when.add_argument("--server-up-at", type=span, metavar="S", help=f"the server listens at exactly S s; {up_to}")
+    parser.add_argument("--unavailable", type=span, default=0.0, metavar="S",
+                        help=f"then answers 503 for S s; {up_to} (default 0)")
+    parser.add_argument("--hang", type=span, default=0.0, metavar="S",
+                        help=f"after R, accepts but never answers for S s (before any 503 phase); {up_to} (default 0)")
+    parser.add_argument("--capacity", type=count, metavar="K",
+                        help="answers at most K requests per second; beyond, 503")
+    parser.add_argument("--start-window", type=span, default=0.05, metavar="S",
+                        help=f"ranks start uniformly within S s; {up_to} (default 0.05)")
     parser.add_argument("--latency", type=non_negative, default=0.001, metavar="S",
                         help="duration of a refused or answered attempt (default 0.001)")
     parser.add_argument("--decode", action="store_true",
                         help="the decode side: decode ranks wait for the prefill group to be complete")
-    parser.add_argument("--decode-ranks", type=count, default=64, metavar="D",
+    parser.add_argument("--decode-ranks", type=ranks, default=64, metavar="D",
                         help="with --decode: decode ranks per trial (default 64); --ranks is the prefill group")
     parser.add_argument("--workers", type=count, default=os.cpu_count() or 1, metavar="N",
                         help="worker processes (default: one per core); the figures do not depend on it")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG (needs prefill-startup[plot])")
+    parser.add_argument("--restart", type=span, metavar="D",
+                        help="instead: the prefill instance restarts and is down D s under a watching decode "
+                             "instance; ours (polling, long-poll) vs upstream's heartbeat, with --trials, --seed, "
+                             "--latency, --json (1000 trials for a p99 worth reading)")
 
 
 def scenario_from(args: argparse.Namespace) -> Scenario:
@@ -75,6 +89,22 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
 
 def run(args: argparse.Namespace) -> int:
     """Compare ours and upstream; print the table (or JSON); optionally write the PNG."""
+    if args.restart is not None:
+        try:
+            if args.decode or args.plot:
+                raise ValueError("--restart takes neither --decode nor --plot")
+            restart = RestartScenario(down_s=args.restart, trials=args.trials, seed=args.seed, latency_s=args.latency)
+        except (TypeError, ValueError) as exc:
+            print(f"simulate: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        found = compare_restart(restart)
+        if args.json:
+            print(json.dumps({"scenario": restart.to_dict(),
+                              "results": {name: r.to_dict() for name, r in found.items()}}, indent=2))
+        else:
+            print(describe_restart(restart))
+            print(format_restart_table(found))
+        return EXIT_OK
     try:
         scenario = scenario_from(args)
         check_counts(args.ranks, args.trials)

@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
-from coordinator.health._metrics import render
+from coordinator.health._metrics import METRICS, render
 from coordinator.health._probe import CHECKS, PATHS, probe, probe_all, verbose
 
 if TYPE_CHECKING:
+    from coordinator.clock import Clock
     from coordinator.driver import Driver
+    from coordinator.snapshot import Snapshot
+
+
+class Probed(Protocol):
+    """What the probes read: a driver, or another process's published view of one."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def snapshot(self) -> Snapshot: ...
+
 
 JSON, TEXT = "application/json", "text/plain; charset=utf-8"
+# ``?exclude=`` is repeatable; a probe is no place to hand a long list (and each name is
+# matched against every driver's label, and echoed back when it matches nothing).
+MAX_EXCLUDES, MAX_EXCLUDE_CHARS = 64, 256
 
 
 def as_list(drivers: Any) -> list[Driver[Any]]:
@@ -26,17 +41,27 @@ def as_list(drivers: Any) -> list[Driver[Any]]:
     return out
 
 
-def answer(drivers: Sequence[Driver[Any]], path: str, query: str, registry: Any = None) -> tuple[int, str, bytes]:
-    if path == "/metrics":
+def _json(status: int, body: dict[str, Any]) -> tuple[int, str, bytes]:
+    return status, JSON, json.dumps(body).encode()
+
+
+def answer(drivers: Sequence[Probed], path: str, query: str, registry: Any = None) -> tuple[int, str, bytes]:
+    if path == METRICS:
         return render(registry)
     if path not in PATHS:
-        body = {"error": f"unknown path; try one of {', '.join((*PATHS, '/metrics'))}"}
-        return 404, JSON, json.dumps(body).encode()
+        return _json(404, {"error": f"unknown path; try one of {', '.join((*PATHS, METRICS))}"})
+    params = parse_qs(query, keep_blank_values=True)
+    exclude = params.get("exclude", [])
+    if len(exclude) > MAX_EXCLUDES or any(len(x) > MAX_EXCLUDE_CHARS for x in exclude):
+        return _json(400, {"error": f"exclude: at most {MAX_EXCLUDES} values of at most "
+                                    f"{MAX_EXCLUDE_CHARS} characters each"})
+    if not drivers:  # e.g. a decode instance before its first request: nothing to wait for
+        return _json(200, {"ok": True, "registrations": [], "note": "no driver yet: nothing to wait for"})
     now = drivers[0].clock.now()
     snapshots = [d.snapshot() for d in drivers]
-    params = parse_qs(query, keep_blank_values=True)
     if "verbose" in params and path in CHECKS:
-        status, text = verbose(path, snapshots, now, params.get("exclude", []))
+        status, text = verbose(path, snapshots, now, exclude)
         return status, TEXT, text.encode()
-    status, body = probe(path, snapshots[0], now) if len(snapshots) == 1 else probe_all(path, snapshots, now)
-    return status, JSON, json.dumps(body).encode()
+    if len(snapshots) == 1 and not exclude:
+        return _json(*probe(path, snapshots[0], now))
+    return _json(*probe_all(path, snapshots, now, exclude))

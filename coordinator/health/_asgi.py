@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from coordinator.health._answer import answer, as_list
+from coordinator.health._metrics import METRICS
 
 if TYPE_CHECKING:
     from coordinator.driver import Driver
@@ -20,7 +22,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def asgi(registration: Driver[Any] | Sequence[Driver[Any]], *, registry: Any = None) -> ASGIApp:
     """``app.mount("/startup", health.asgi(reg))``: /livez /readyz /startupz /status /metrics.
 
-    Reading a snapshot never blocks, so answers come straight from the event loop.
+    Reading a snapshot never blocks, so the probes answer straight from the event loop;
+    ``/metrics`` collects a registry (seconds, with a big one or a slow custom collector),
+    so it runs on the loop's default executor, never blocking the application's requests.
     """
     drivers = as_list(registration)
 
@@ -43,7 +47,12 @@ def asgi(registration: Driver[Any] | Sequence[Driver[Any]], *, registry: Any = N
             status, ctype, body = 405, "text/plain; charset=utf-8", b"method not allowed\n"
             extra = [(b"allow", b"GET, HEAD")]
         else:
-            status, ctype, body = answer(drivers, path, scope.get("query_string", b"").decode("latin-1"), registry)
+            query = scope.get("query_string", b"").decode("latin-1")
+            if path == METRICS:
+                status, ctype, body = await asyncio.get_running_loop().run_in_executor(
+                    None, answer, drivers, path, query, registry)
+            else:
+                status, ctype, body = answer(drivers, path, query, registry)
             extra = []
         headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()),
                    (b"cache-control", b"no-store"), *extra]

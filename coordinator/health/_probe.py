@@ -7,7 +7,8 @@ Kubernetes conventions:
 - ``/readyz`` and ``/startupz``: 200 only when REGISTERED.
 - ``/status``: 200 with the whole snapshot.
 With ``?verbose``, kube-apiserver's text form: one ``[+]``/``[-]`` line per driver,
-then ``<check> check passed`` or ``failed``.
+then ``<check> check passed`` or ``failed``. ``exclude`` leaves drivers out of the verdict
+(by label), in both forms.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from coordinator.instrumentation._text import one_line
 from coordinator.snapshot import Snapshot
 from states import State
 
@@ -60,16 +62,28 @@ def probe(path: str, snapshot: Snapshot, now: float) -> tuple[int, dict[str, Any
     return (200 if ok else 503), body
 
 
-def probe_all(path: str, snapshots: Sequence[Snapshot], now: float) -> tuple[int, dict[str, Any]]:
-    """One probe over several drivers in a process: OK only when every one is."""
+def probe_all(path: str, snapshots: Sequence[Snapshot], now: float,
+              exclude: Sequence[str] = ()) -> tuple[int, dict[str, Any]]:
+    """One probe over several drivers in a process: OK only when every one is, but for
+    those whose label is in ``exclude``. With ``exclude``, the body also lists the labels
+    ``excluded`` and the names that matched nothing (``unmatched``)."""
     answers = [probe(path, s, now) for s in snapshots]
-    ok = all(code == 200 for code, _ in answers)
-    return (200 if ok else 503), {"ok": ok, "registrations": [body for _, body in answers]}
+    ok = all(code == 200 for (code, _), s in zip(answers, snapshots) if label(s) not in exclude)
+    body: dict[str, Any] = {"ok": ok, "registrations": [body for _, body in answers]}
+    if exclude:
+        body["excluded"] = [label(s) for s in snapshots if label(s) in exclude]
+        body["unmatched"] = unmatched(snapshots, exclude)
+    return (200 if ok else 503), body
 
 
 def label(snapshot: Snapshot) -> str:
     """How probes name a driver: its ``name``, else its URL."""
     return snapshot.name or snapshot.url
+
+
+def unmatched(snapshots: Sequence[Snapshot], exclude: Sequence[str]) -> list[str]:
+    known = {label(s) for s in snapshots}
+    return [x for x in exclude if x not in known]
 
 
 def verbose(path: str, snapshots: Sequence[Snapshot], now: float, exclude: Sequence[str] = ()) -> tuple[int, str]:
@@ -86,7 +100,10 @@ def verbose(path: str, snapshots: Sequence[Snapshot], now: float, exclude: Seque
         else:
             ok = False
             lines.append(f"[-]{name} failed: {s.describe(now)}")
-    known = {label(s) for s in snapshots}
-    lines += [f'warn: some health checks cannot be excluded: no matches for "{x}"' for x in exclude if x not in known]
+    lines += [f'warn: some health checks cannot be excluded: no matches for "{x}"'
+              for x in unmatched(snapshots, exclude)]
+    # Names, excluded names and error messages come from outside: none may start a line
+    # of its own (a forged "readyz check passed").
+    lines = [one_line(line) for line in lines]
     lines.append(f"{path.lstrip('/')} check {'passed' if ok else 'failed'}")
     return (200 if ok else 503), "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.instrumentation._records import AttemptRecord, Record, TransitionRecord
-from coordinator.policy import Reason
+from coordinator.policy import Lane, Reason
 from coordinator.snapshot import Snapshot
 from states import TERMINAL, State, Trigger, Verdict
 
@@ -30,10 +30,10 @@ REGISTERED = "registered"
 FAILED = "failed"
 LISTENER_ERROR = "listener_error"
 
-# A long outage must not flood the log: the same cause is warned about on its
-# first repeats and then at powers of two, and never more than this in total.
+# A long outage must not flood the log: the same cause gets a line on its first
+# repeats and then at powers of two, and never more than this many lines per level.
 _EAGER_REPEATS = 3
-MAX_WARNINGS = 10
+MAX_LINES = 10
 
 
 class StdlibLogger:
@@ -82,25 +82,34 @@ def default_logger() -> StdlibLogger:
     return StdlibLogger(logging.getLogger(LOGGER_NAME))
 
 
-class WarningBudget:
-    """Decides which failed attempts earn a WARNING line; the rest go to DEBUG."""
+class LineBudget:
+    """Decides which failed attempts earn a line at their level; the rest go to DEBUG.
+
+    Repeats count per cause; each level has its own allowance, so a long wait for a
+    server that does not listen yet (INFO) leaves the warnings to a later outage.
+    """
 
     def __init__(self) -> None:
         self._cause: str | None = None
         self.repeats = 0
-        self.warnings = 0
+        self._lines: dict[int, int] = {}
 
-    def record(self, cause: str) -> bool:
-        """Count one failure with ``cause``; True when it deserves a WARNING."""
+    def record(self, cause: str, level: int) -> bool:
+        """Count one failure with ``cause``; True when it deserves a line at ``level``."""
         if cause != self._cause:
             self._cause, self.repeats = cause, 0
         self.repeats += 1
         n = self.repeats
         eager = n <= _EAGER_REPEATS or (n & (n - 1)) == 0
-        if eager and self.warnings < MAX_WARNINGS:
-            self.warnings += 1
+        if eager and self._lines.get(level, 0) < MAX_LINES:
+            self._lines[level] = self._lines.get(level, 0) + 1
             return True
         return False
+
+
+# Expected on the way up, INFO: nothing listens yet, a discovery's "not yet". Any other
+# lane (the trouble lane: timeouts, resets, 5xx) is for an operator to look at.
+_EXPECTED = (Lane.REFUSED, Lane.PENDING)
 
 
 @dataclass
@@ -108,7 +117,7 @@ class _Driver:
     """What the hook remembers of one live driver; dropped at its terminal state."""
 
     log: Any
-    budget: WarningBudget = field(default_factory=WarningBudget)
+    budget: LineBudget = field(default_factory=LineBudget)
     last_failure: dict[str, Any] = field(default_factory=dict)  # fields of the failing attempt
 
 
@@ -176,24 +185,23 @@ class LogHook:
             return
         # Same cause = same status, or same root cause: counted, summarised, not repeated.
         o = r.outcome
-        warn = d.budget.record(o.describe() if o.status is None else str(o.status))
+        wanted = logging.INFO if r.decision.lane in _EXPECTED else logging.WARNING
+        lined = d.budget.record(o.describe() if o.status is None else str(o.status), wanted)
         if verdict is Verdict.GIVE_UP:
             d.last_failure = {"repeats": d.budget.repeats}
             if o.status is not None and o.body:
                 d.last_failure["body"] = o.describe()
             return  # logged with the transition to FAILED
-        level = logging.WARNING if warn else logging.DEBUG
+        level = wanted if lined else logging.DEBUG
         if not self._on(level):
             return
         fields = _common(s, r.ended_at)
         if o.status is not None and o.body:
             fields["body"] = o.describe()
-        delay = r.decision.delay_s or 0.0
-        fields.update(
+        fields.update(  # relative delay_s only: a monotonic time (next_attempt_at) means nothing to a reader
             repeats=d.budget.repeats,
             lane=r.decision.lane.value if r.decision.lane else None,
-            delay_s=round(delay, 6),
-            next_attempt_at=round(r.ended_at + delay, 6),
+            delay_s=round(r.decision.delay_s or 0.0, 6),
         )
         _emit(d.log, level, f"{kind}.{ATTEMPT_FAILED}", fields)
 

@@ -14,6 +14,7 @@ import os
 import socket
 
 from coordinator.instrumentation._records import Record, TransitionRecord
+from coordinator.instrumentation._text import one_line
 from states import TERMINAL, State
 
 _log = logging.getLogger("coordinator")
@@ -52,7 +53,8 @@ class SystemdNotifier:
         if not isinstance(record, TransitionRecord):
             return
         s = record.snapshot
-        lines = [f"STATUS={s.name + ': ' if s.name else ''}{s.describe(s.taken_at)}"]
+        # One line: a newline in a name or an error would start an assignment (READY=1) of its own.
+        lines = [f"STATUS={one_line((s.name + ': ' if s.name else '') + s.describe(s.taken_at))}"]
         if s.state is State.REGISTERED:
             lines.append("READY=1")
         elif s.state not in TERMINAL:

@@ -23,7 +23,12 @@ from coordinator.protocol._prefill_info import (
     parse_topology,
 )
 from coordinator.protocol._route import (
+    EXTENSION_PREFIX,
+    GENERATION_HEADER,
     HEALTH_PATH,
+    LONG_POLL_HEADER,
+    SEEN_PARAM,
+    WAIT_PARAM,
     QUERY_FIELDS,
     ROUTE_PATH,
     TOPOLOGY_KEY,
@@ -36,6 +41,7 @@ from coordinator.protocol._route import (
 )
 
 __all__ = [
+    "EXTENSION_PREFIX", "GENERATION_HEADER", "LONG_POLL_HEADER", "SEEN_PARAM", "WAIT_PARAM",
     "HEALTH_PATH", "OPTIONAL_FIELDS", "QUERY_FIELDS", "REQUIRED_FIELDS", "ROUTE_PATH", "TOPOLOGY_FIELDS",
     "TOPOLOGY_KEY", "Address", "AnswerError", "PayloadError", "PrefillInfo", "RankKey", "base_url",
     "bootstrap_url", "dp_of", "encode_payload", "mismatch", "parse_rank", "parse_topology", "rank_key",

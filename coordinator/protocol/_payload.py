@@ -2,7 +2,9 @@
 
 Validation is shared by the client (before any network call) and by
 :class:`coordinator.BootstrapServer` (which answers 400 naming the field,
-where upstream answers 500).
+where upstream answers 500 or accepts it). Every field SGLang 0.5.23 sends is known;
+sizes and ranks are bounded, so that no payload can make the rank table's expected size
+a number too large to print, nor a decode instance resolve a rank to a non-address.
 """
 
 from __future__ import annotations
@@ -32,17 +34,26 @@ REQUIRED_FIELDS: tuple[str, ...] = (
 )
 
 OPTIONAL_FIELDS: tuple[str, ...] = (
-    "prefill_http_port",
+    "kv_layout",
     "dsv41_spec_layout",
     "load_balance_method",
     "enable_dsa_cache_layer_split",
+    "enable_kv_cache_sharding",
+    "prefill_http_port",
+    "decode_allocation_policy",
 )
+
+_MAX_SIZE = 65_536  # per parallel dimension; far above any deployment, far below trouble
+_MAX_PAGE_SIZE = 1_048_576  # tokens per KV page
+_PROBLEM_CHARS = 200  # a 50,000-character value is not echoed back whole
 
 
 class PayloadError(ValueError):
     """A payload SGLang's bootstrap server would not accept; ``field`` names the culprit."""
 
     def __init__(self, field: str, problem: str) -> None:
+        if len(problem) > _PROBLEM_CHARS:
+            problem = problem[:_PROBLEM_CHARS] + "..."
         super().__init__(f"payload field {field!r}: {problem}")
         self.field = field
 
@@ -70,6 +81,8 @@ def validate_payload(payload: Any) -> dict[str, Any]:
     """Check a registration payload; return a plain-dict copy or raise PayloadError.
 
     Unknown keys are kept: newer SGLang versions add fields this library need not know.
+    Optional fields may be null where SGLang sends null (``kv_layout``,
+    ``dsv41_spec_layout``, ``prefill_http_port``).
     """
     if not isinstance(payload, Mapping):
         raise PayloadError("payload", f"must be a JSON object, got {type(payload).__name__}")
@@ -77,18 +90,23 @@ def validate_payload(payload: Any) -> dict[str, Any]:
         if field not in payload:
             raise PayloadError(field, "is required by SGLang's bootstrap server")
     for size_field, rank_field in _SIZE_RANK_PAIRS:
-        size = _int(payload, size_field, low=1)
+        size = _int(payload, size_field, low=1, high=_MAX_SIZE)
         _int(payload, rank_field, low=0, high=size - 1)
-    _str(payload, "rank_ip")
+    _rule("rank_ip", lambda name: validate.host(payload["rank_ip"], name))
     _int(payload, "rank_port", low=1, high=65535)
-    _int(payload, "page_size", low=1)
+    _int(payload, "page_size", low=1, high=_MAX_PAGE_SIZE)
     _str(payload, "kv_cache_dtype")
+    if payload.get("kv_layout") is not None:
+        _str(payload, "kv_layout")
+    if payload.get("dsv41_spec_layout") is not None:
+        _rule("dsv41_spec_layout", lambda name: validate.of_type(payload["dsv41_spec_layout"], dict, name))
+    for field in ("load_balance_method", "decode_allocation_policy"):
+        if field in payload:
+            _str(payload, field)
+    for field in ("enable_dsa_cache_layer_split", "enable_kv_cache_sharding"):
+        _rule(field, lambda name: validate.flag(payload.get(field, False), name))
     if payload.get("prefill_http_port") is not None:
         _int(payload, "prefill_http_port", low=1, high=65535)
-    if "load_balance_method" in payload:
-        _str(payload, "load_balance_method")
-    split = payload.get("enable_dsa_cache_layer_split", False)
-    _rule("enable_dsa_cache_layer_split", lambda name: validate.flag(split, name))
     return dict(payload)
 
 

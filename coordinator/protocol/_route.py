@@ -15,6 +15,15 @@ QUERY_FIELDS = ("prefill_dp_rank", "prefill_cp_rank", "target_tp_rank", "target_
 RankKey = tuple[int, int, int, int]  # (dp group, attn_cp_rank, attn_tp_rank, pp_rank)
 TOPOLOGY_KEY: RankKey = (-1, -1, -1, -1)
 
+# Our server's extensions, in headers only: upstream's decode builds PrefillServerInfo(**json),
+# so nothing may be added to the JSON. Every answer carries the server's generation (drawn
+# at start: a restart changes it); the long-poll header advertises ``&wait=S`` up to its value.
+GENERATION_HEADER = "X-Prefill-Startup-Generation"
+LONG_POLL_HEADER = "X-Prefill-Startup-Long-Poll"
+WAIT_PARAM = "wait"  # &wait=S: hold a topology lookup up to S seconds for a change
+SEEN_PARAM = "seen"  # &seen=G: the generation the client resolved; another one answers at once
+EXTENSION_PREFIX = "x-prefill-startup-"
+
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 

@@ -8,15 +8,28 @@ What the stdlib defaults get wrong for this job, fixed once:
   until the client's delayed ACK, ~40 ms per answer on a kept-alive connection;
   here one write per reply, and TCP_NODELAY;
 - daemon handler threads never joined, idle keep-alive connections left open on
-  close, a reverse DNS lookup at bind, tracebacks on stderr when a peer resets.
+  close, a reverse DNS lookup at bind, tracebacks on stderr when a peer resets;
+- a thread per connection without limit, each held as long as the client sends a byte
+  before the idle timeout (slowloris): here a request has :attr:`Server.request_timeout`
+  seconds in all, from its first byte to the end of its body, and at most
+  :attr:`Server.max_connections` connections are served at once; beyond, a new
+  connection is answered 503 (``Connection: close``, ``Retry-After: 1``) from the
+  accepting thread, so the client is told why rather than reset, and no thread is
+  spent on it (the socket is closed :attr:`Server.refused_linger` later, once the
+  client's request has arrived: closing it unread would reset the connection);
+- a request with two ``Content-Length`` headers served with the first (request
+  smuggling when a proxy in front reads the other): here a 400 and a closed connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import socket
 import threading
+import time
+from collections import deque
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
@@ -27,17 +40,43 @@ from coordinator.validate import url_host
 _log = logging.getLogger("coordinator.server")
 
 
+_OVER_CAPACITY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                  b"Content-Length: 33\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+                  b"too many connections, retry later")
+
+
+def _close_drained(sock: socket.socket) -> None:
+    # Closing with the client's request unread would reset the connection, and the
+    # client would lose the 503 it has not read yet.
+    with contextlib.suppress(OSError):  # BlockingIOError: nothing more to read now
+        for _ in range(16):
+            if not sock.recv(65536):
+                break
+    sock.close()
+
+
 class Server(ThreadingHTTPServer):
     """A ThreadingHTTPServer that holds a burst, answers without stalls and closes cleanly."""
 
     daemon_threads = True  # a stuck client must never keep the process alive
     request_queue_size = 4096  # the kernel caps it at net.core.somaxconn
+    # Connections served at once (one thread each). Room for 512 ranks registering
+    # at once plus the decode instances polling.
+    max_connections = 1024
+    # Seconds one request may take from its first byte to the end of its body; the
+    # time between requests on a kept-alive connection is bounded by Handler.timeout.
+    request_timeout = 10.0
+    # Seconds a refused connection stays open (answered, never read from a thread) so
+    # that the client's request can arrive and be discarded before the close.
+    refused_linger = 0.5
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._conns_lock = threading.Lock()
         self._live_conns: set[socket.socket] = set()
         self._handler_threads: list[threading.Thread] = []
+        self._refusing = False  # over max_connections since the last accepted connection
+        self._refused: deque[tuple[float, socket.socket]] = deque()  # (close at, socket), oldest first
         super().__init__(address, handler)
 
     def server_bind(self) -> None:
@@ -47,15 +86,42 @@ class Server(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Replaces ThreadingMixIn's, which does not join daemon threads on close; we must.
+        with self._conns_lock:
+            full = len(self._live_conns) >= self.max_connections
+            warn, self._refusing = full and not self._refusing, full
+            if not full:
+                self._live_conns.add(request)
+                thread = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                          name=f"{type(self).__name__}-conn", daemon=True)
+                self._handler_threads = [t for t in self._handler_threads if t.is_alive()]
+                self._handler_threads.append(thread)
+        if full:
+            if warn:  # once per episode: a flood of refusals must not flood the log too
+                _log.warning("%d connections open, the most served at once: new connections are "
+                             "answered 503 until some close", self.max_connections)
+            self._refuse(request)
+            return
         with contextlib.suppress(OSError):
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address),
-                                  name=f"{type(self).__name__}-conn", daemon=True)
-        with self._conns_lock:
-            self._live_conns.add(request)
-            self._handler_threads = [t for t in self._handler_threads if t.is_alive()]
-            self._handler_threads.append(thread)
         thread.start()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answer 503 without a thread: one non-blocking send (a fresh socket's buffer
+        takes it whole), then the socket lingers until :meth:`service_actions` closes it."""
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(_OVER_CAPACITY)
+            request.shutdown(socket.SHUT_WR)
+        if len(self._refused) < self.max_connections:  # lingering sockets are bounded too
+            self._refused.append((time.monotonic() + self.refused_linger, request))
+        else:
+            _close_drained(request)
+
+    def service_actions(self) -> None:
+        # serve_forever calls it on the accepting thread, the only one touching _refused.
+        now = time.monotonic()
+        while self._refused and self._refused[0][0] <= now:
+            _close_drained(self._refused.popleft()[1])
 
     def shutdown_request(self, request: Any) -> None:
         # Under the lock, so server_close never shuts down a socket while it is being closed.
@@ -65,6 +131,8 @@ class Server(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        while self._refused:  # serve_forever has returned: no other thread touches it
+            self._refused.popleft()[1].close()
         with self._conns_lock:
             for conn in self._live_conns:  # wake handlers blocked on idle keep-alive reads
                 with contextlib.suppress(OSError):
@@ -78,12 +146,59 @@ class Server(ThreadingHTTPServer):
         _log.debug("error serving %s", client_address, exc_info=True)
 
 
+class _RequestReader(io.RawIOBase):
+    """The connection's socket, read under two bounds: ``idle`` seconds per read while
+    no request is in progress or between bytes, and ``deadline`` for the request in
+    progress, set by its first byte so that dribbling bytes cannot extend it."""
+
+    def __init__(self, sock: socket.socket, idle: float, total: float) -> None:
+        super().__init__()
+        self._sock, self._idle, self._total = sock, idle, total
+        self.deadline: float | None = None  # None: waiting for a request's first byte
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        timeout = self._idle
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline - time.monotonic())
+            if timeout <= 0:
+                raise TimeoutError(f"request not complete within {self._total:g} s")
+        self._sock.settimeout(timeout)
+        n = self._sock.recv_into(buffer)
+        if n and self.deadline is None:
+            self.deadline = time.monotonic() + self._total
+        return n
+
+
 class Handler(BaseHTTPRequestHandler):
     """HTTP/1.1 keep-alive; every reply in one write; access lines at DEBUG, never stderr."""
 
     protocol_version = "HTTP/1.1"
-    timeout = 30  # seconds a connection may sit idle or dribble a body
+    timeout = 30  # seconds a kept-alive connection may sit idle, and the most between two bytes
+    server: Server
     _headers_buffer: list[bytes]  # send_header()'s buffer, made by the stdlib
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the stdlib's reader, replaced by one that bounds a request's time
+        self._reader = _RequestReader(self.connection, self.timeout, self.server.request_timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self._reader.deadline = None  # the next request's time starts with its first byte
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if len(self.headers.get_all("Content-Length", ())) > 1:
+            # Which one a proxy in front used is unknown: the body's end is unknown.
+            self.close_connection = True
+            self.respond(400, b"duplicate Content-Length header", "text/plain; charset=utf-8")
+            return False
+        return True
 
     def respond(self, status: int, body: bytes, content_type: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         self.send_response(status)
@@ -95,6 +210,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         # end_headers() would flush the headers alone: the body goes in the same write.
         buffer = self._headers_buffer
+        self.connection.settimeout(self.timeout)  # a read may have left it at a request's last ms
         buffer.append(b"\r\n")
         if self.command != "HEAD":
             buffer.append(body)

@@ -1,17 +1,29 @@
-"""A bootstrap server that speaks SGLang's ``/route`` protocol and fixes its faults.
+"""A bootstrap server that answers as SGLang 0.5.23's ``CommonKVBootstrapServer`` and fixes its faults.
 
 Wire-compatible with SGLang's prefill schedulers (``PUT /route``) and decode instances
-(``GET /route``, ``GET /health``); see ``PROTOCOL.md``. Upstream faults it fixes:
+(``GET /route``, ``GET /health``); see ``PROTOCOL.md``. For the same requests it gives
+upstream's statuses and JSON bodies, and its texts where they say something (ours add
+the field at fault, or how many ranks are expected): 503 to every ``GET /route`` until
+the instance is complete, then the topology
+(``asdict(PrefillServerInfo)``, key for key) or a rank (404 when unknown); 400 when a
+rank's ``dsv41_spec_layout`` or ``decode_allocation_policy`` differs from the others'.
+``HEAD /health`` answers as GET without a body; ``HEAD /route`` is a 405, as upstream.
+The only deliberate differences:
 
 - Readiness counts *distinct* ranks. Upstream counts PUTs, so a PUT retried after a lost
   response makes it report ready while a rank is still missing.
-- Bad input is a 400 naming the field (upstream: 500 on a missing key or bad JSON); a
-  later PUT whose topology sizes differ from the first is a 409 naming the field
-  (upstream silently keeps the first and mis-sizes the rank table).
+- Bad input is a 400 naming the field (upstream: 500 on a missing key, bad JSON or a
+  non-integer query value; or it accepts sizes like 10**2999, any ``rank_ip``, a
+  non-integer size).
+- A later PUT whose table sizes differ from the first is a 409 naming the field
+  (upstream accepts it, keeps the first sizes and counts it: ready with a rank missing).
 - Optional bearer token on PUT (sglang issue #39400): 401 without it. GETs stay open
   because upstream decode instances send no token.
-- Bodies are bounded (413 over 64 KiB, 411 without Content-Length), each connection has
-  its own thread and an idle timeout, so one slow client cannot stall the others.
+
+Transport bounds, which no well-behaved client meets (see :mod:`._base`): bodies are
+bounded (413 over 64 KiB, 411 without Content-Length, 400 with two), a request has 10 s
+in all, at most 1024 connections are served at once (503 beyond), each on its own
+thread, so one slow client cannot stall the others.
 """
 
 from __future__ import annotations
@@ -59,13 +71,13 @@ class _Handler(Handler):
                 self._put_route()
             elif self.command == "GET":
                 self._get_route(query)
-            else:
+            else:  # HEAD included: upstream's /route handler takes any method and 405s it
                 self._reply(405, "method not allowed", ("Allow", "GET, PUT"))
         elif path == HEALTH_PATH:
-            if self.command == "GET":
+            if self.command in ("GET", "HEAD"):
                 self._reply(200, "OK")
             else:
-                self._reply(405, "method not allowed", ("Allow", "GET"))
+                self._reply(405, "method not allowed", ("Allow", "GET, HEAD"))
         else:
             self._reply(404, "not found")
 
@@ -106,7 +118,7 @@ class _Handler(Handler):
 
     def _read_body(self) -> bytes | None:
         """The request body, or None after answering why it was not read."""
-        raw = self.headers.get("Content-Length")
+        raw = self.headers.get("Content-Length")  # one at most: Handler.parse_request
         if raw is None or "Transfer-Encoding" in self.headers:
             self._reply(411, "Content-Length is required")
             return None
@@ -130,30 +142,32 @@ class _Handler(Handler):
 
     def _get_route(self, query: str) -> None:
         params = parse_qs(query, keep_blank_values=True)
-        values: list[int] = []
-        for name in QUERY_FIELDS:
-            text = params.get(name, [""])[0]
-            try:
-                values.append(validate.integer(text, f"query parameter {name!r}"))
-            except ValueError as exc:
-                self._reply(400, f"query parameter {name!r} is required" if not text else str(exc))
+        texts = [params.get(name, [""])[0] for name in QUERY_FIELDS]
+        for name, text in zip(QUERY_FIELDS, texts):  # all present first, as upstream
+            if not text:
+                self._reply(400, f"query parameter {name!r} is required")
                 return
-        registry = self.server.registry
-        key: RankKey = (values[0], values[1], values[2], values[3])
-        if key == TOPOLOGY_KEY:
-            topology = registry.topology()
-            if topology is not None:
-                self._reply(200, topology)
-                return
-            registered, expected, _ = registry.counts()
-            of = "an unknown number (no registration yet)" if expected is None else expected
-            self._reply(503, f"{registered} of {of} prefill ranks registered")
+        try:
+            dp, cp, tp, pp = (validate.integer(text, f"query parameter {name!r}")
+                              for name, text in zip(QUERY_FIELDS, texts))
+        except ValueError as exc:
+            self._reply(400, str(exc))
             return
-        info = registry.lookup(key)
-        if info is None:
-            self._reply(404, "rank not registered")
+        registry = self.server.registry
+        topology = registry.topology()
+        if topology is None:  # every GET, rank lookups included, as upstream
+            registered, expected, _ = registry.counts()
+            of = "" if expected is None else f" of {expected}"
+            self._reply(503, f"Prefill server not fully registered yet ({registered}{of} workers registered).")
+        elif (dp, cp, tp, pp) == TOPOLOGY_KEY:
+            self._reply(200, topology)
         else:
-            self._reply(200, info)
+            info = registry.lookup((dp, cp, tp, pp))
+            if info is not None:
+                self._reply(200, info)
+            else:  # upstream's text, the values as the query wrote them
+                self._reply(404, "Bootstrap info not found for dp_rank={} cp_rank={} tp_rank={} pp_rank={}"
+                            .format(*texts))
 
     def _reply(self, status: int, body: str | dict[str, Any], *header: tuple[str, str]) -> None:
         if isinstance(body, dict):
@@ -175,12 +189,13 @@ class _Handler(Handler):
 class BootstrapServer:
     """SGLang-compatible bootstrap server; see the module docstring for what it fixes.
 
-    Topology (sizes, page_size, kv_cache_dtype, ...) comes from the first accepted PUT.
-    A later PUT must match it: a different ``dsv41_spec_layout`` is a 400 (as upstream);
-    a different table size (``attn_tp_size``, ``attn_cp_size``, ``pp_size``,
+    Topology (sizes, page_size, kv_cache_dtype, follow_bootstrap_room, the two
+    ``enable_*`` flags) comes from the first accepted PUT; ``kv_layout`` and
+    ``prefill_http_port`` from the first that carries them; ``dsv41_spec_layout`` and
+    ``decode_allocation_policy`` must be alike on every rank (400, as upstream). A
+    different table size (``attn_tp_size``, ``attn_cp_size``, ``pp_size``,
     ``system_dp_size``, or ``attn_dp_size`` when ``system_dp_size == 1``) is a 409 naming
-    the field, where upstream silently keeps the first. Other topology values
-    (page_size, kv_cache_dtype, ...) are taken from the first PUT, as upstream.
+    the field, where upstream silently keeps the first.
     The server runs once: ``start()`` after ``close()`` is an error.
     """
 

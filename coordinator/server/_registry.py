@@ -1,8 +1,9 @@
 """SGLang's bootstrap registry rules, pure: payloads in, a rank table and a topology out.
 
 No sockets and no logging: :mod:`coordinator.server._http` serves this over HTTP.
-What it fixes from upstream (see the package docstring): readiness counts distinct
-ranks, and a later PUT whose table sizes differ from the first is rejected (409).
+The rules are those of SGLang 0.5.23's ``CommonKVBootstrapServer._handle_route_put``,
+but for what the package docstring lists: readiness counts distinct ranks, and a later
+PUT whose table sizes differ from the first is rejected (409).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from coordinator.protocol import RankKey, dp_of, rank_key
+from coordinator.protocol import PrefillInfo, RankKey, dp_of, rank_key
 
 
 class Rejected(Exception):
@@ -30,20 +31,30 @@ def _shape(p: Mapping[str, Any]) -> dict[str, int]:
     return shape
 
 
+# Fields every rank must send alike (upstream's two 400s, its texts first): each accepted
+# PUT's value replaces the last, as upstream, so the topology carries the last one sent.
+_ALIKE = {
+    "dsv41_spec_layout": (None, "DeepSeek-V4.1 DSpark PD layout differs across prefill ranks"),
+    "decode_allocation_policy": ("early", "Inconsistent prefill allocation policies"),
+}
+# Taken from the first PUT that carries them (not null), as upstream.
+_FIRST_NOT_NULL = ("kv_layout", "prefill_http_port")
+
+
 class Registry:
-    """The registered ranks and the topology taken from the first accepted PUT."""
+    """The registered ranks and the topology they declare."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._topology: dict[str, Any] | None = None
+        self._topology: dict[str, Any] | None = None  # PrefillInfo's fields, once a PUT is accepted
         self._shape: dict[str, int] = {}
-        self._layout: Any = None
         self._ranks: dict[RankKey, dict[str, Any]] = {}
         self._puts = 0
 
     def register(self, p: Mapping[str, Any]) -> None:
         """Store one validated payload, or raise Rejected."""
         key = rank_key(p)
+        alike = {name: p.get(name, default) for name, (default, _) in _ALIKE.items()}
         with self._lock:
             if self._topology is None:
                 self._topology = {
@@ -56,23 +67,24 @@ class Registry:
                     "follow_bootstrap_room": p.get("load_balance_method", "follow_bootstrap_room")
                     == "follow_bootstrap_room",
                     "enable_dsa_cache_layer_split": p.get("enable_dsa_cache_layer_split", False),
-                    "prefill_http_port": p.get("prefill_http_port"),
+                    "enable_kv_cache_sharding": p.get("enable_kv_cache_sharding", False),
+                    **dict.fromkeys(_FIRST_NOT_NULL),
                 }
                 self._shape = _shape(p)
-                self._layout = p.get("dsv41_spec_layout")
             else:
-                self._check_matches_first(p)
+                self._check_matches(p, alike, self._topology)
+            topology = self._topology
+            topology.update(alike)
+            for name in _FIRST_NOT_NULL:
+                if topology[name] is None:
+                    topology[name] = p.get(name)
             self._ranks[key] = {"rank_ip": p["rank_ip"], "rank_port": p["rank_port"]}
             self._puts += 1
 
-    def _check_matches_first(self, p: Mapping[str, Any]) -> None:
-        layout = p.get("dsv41_spec_layout")
-        if layout != self._layout:  # upstream's one deliberate rejection, kept as a 400
-            raise Rejected(
-                400,
-                f"payload field 'dsv41_spec_layout': {layout!r} differs from "
-                f"{self._layout!r} of the first registration",
-            )
+    def _check_matches(self, p: Mapping[str, Any], alike: Mapping[str, Any], topology: Mapping[str, Any]) -> None:
+        for name, (_, upstream_text) in _ALIKE.items():
+            if alike[name] != topology[name]:
+                raise Rejected(400, f"{upstream_text}: payload field {name!r} differs from the registered ranks'")
         for field, first in self._shape.items():
             if p[field] != first:
                 raise Rejected(
@@ -94,11 +106,13 @@ class Registry:
             return len(self._ranks), self._expected(), self._puts
 
     def topology(self) -> dict[str, Any] | None:
-        """The topology once every expected rank is registered, else None."""
+        """The topology answer (SGLang's, key for key) once every expected rank is
+        registered, else None."""
         with self._lock:
             if self._topology is None or len(self._ranks) != self._expected():
                 return None
-            return dict(self._topology)
+            info = PrefillInfo(**self._topology)
+        return info.topology_json()
 
     def lookup(self, key: RankKey) -> dict[str, Any] | None:
         with self._lock:

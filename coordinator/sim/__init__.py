@@ -18,7 +18,7 @@ from coordinator.clock import SystemClock, seeded_rng
 from coordinator.discovery import default_policy as discovery_policy
 from coordinator.policy import Policy, RetryPolicy
 from coordinator.sim._engine import DecodeJob, PrefillJob, PrefillShard, decode_shard, prefill_shard, run_jobs, shards
-from coordinator.sim._model import BUCKET_S, MAX_RANKS, Scenario, Trial, check_counts, draw_trials
+from coordinator.sim._model import BUCKET_S, MAX_RANKS, MAX_SPAN_S, Scenario, Trial, check_counts, draw_trials
 from coordinator.sim.upstream import sglang_decode, sglang_pr25125
 from coordinator.sim._report import (
     DecodeResult,
@@ -34,8 +34,8 @@ from coordinator.sim._report import (
 from states import State
 
 __all__ = [
-    "BUCKET_S", "DEFAULT_RANKS", "DEFAULT_TRIALS", "MAX_RANKS", "DecodeResult", "Result", "Scenario", "Trial",
-    "check_counts", "compare", "compare_decode", "default_decode_policies", "default_policies", "describe",
+    "BUCKET_S", "DEFAULT_RANKS", "DEFAULT_TRIALS", "MAX_RANKS", "MAX_SPAN_S", "DecodeResult", "Result", "Scenario",
+    "Trial", "check_counts", "compare", "compare_decode", "default_decode_policies", "default_policies", "describe",
     "draw_trials", "format_decode_table", "format_table", "simulate", "write_plot",
 ]
 
@@ -119,3 +119,15 @@ def compare_decode(scenario: Scenario, policies: Mapping[str, Policy] | None = N
         results[name] = decode_result(name, by_trial, decode_ranks=decode_ranks, prefill_ranks=prefill_ranks,
                                       seed=seed, wall_s=wall_clock.now() - began)
     return results
+
+
+# The restart scenario: a prefill instance restarts under a watching decode instance.
+from coordinator.sim._restart import (  # noqa: E402 - after the fleet simulator's names
+    RestartResult,
+    RestartScenario,
+    compare_restart,
+    describe_restart,
+    format_restart_table,
+)
+
+__all__ += ["RestartResult", "RestartScenario", "compare_restart", "describe_restart", "format_restart_table"]

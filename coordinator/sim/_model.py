@@ -32,6 +32,8 @@ BOOTSTRAP = "bootstrap.sim:8998"
 BUCKET_S = 0.1  # the server's load is counted per 100 ms
 # example_payload gives rank i the port 17000 + i, which must stay a valid port.
 MAX_RANKS = 65535 - 17000 + 1
+# The simulator's time and memory grow with the simulated span: an hour bounds each phase.
+MAX_SPAN_S = 3600.0
 
 _REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "[Errno 111] Connection refused"))
 _HUNG = Outcome.of_failure(Failure.TIMEOUT, Cause("TimeoutError", "no answer (simulated hang)"))
@@ -57,8 +59,12 @@ class Scenario:
         low, high = (finite("Scenario.late_start", v, positive=False) for v in self.late_start)
         if low > high:
             raise ValueError(f"Scenario.late_start min ({low}) must be <= max ({high})")
+        if high > MAX_SPAN_S:
+            raise ValueError(f"Scenario.late_start max must be <= {MAX_SPAN_S:g} s, got {high}")
         for name in ("unavailable_s", "hang_s", "start_window_s", "latency_s"):
-            finite(f"Scenario.{name}", getattr(self, name), positive=False)
+            value = finite(f"Scenario.{name}", getattr(self, name), positive=False)
+            if name != "latency_s" and value > MAX_SPAN_S:
+                raise ValueError(f"Scenario.{name} must be <= {MAX_SPAN_S:g} s, got {value}")
         if self.capacity is not None:
             if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
                 raise TypeError(f"Scenario.capacity must be an int or None, got {type(self.capacity).__name__}")

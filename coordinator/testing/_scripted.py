@@ -6,8 +6,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Union
 
+from coordinator import validate
 from coordinator.clock import FakeClock, SystemClock
 from coordinator.outcome import Cause, Failure, Outcome
+from coordinator.protocol import EXTENSION_PREFIX
 from coordinator.transport import HttpTransport, Transport
 
 Answer = Union[str, int, tuple[int, Mapping[str, str]], tuple[int, Mapping[str, str], str], Outcome, BaseException]
@@ -32,13 +34,22 @@ def to_outcome(step: Answer) -> Outcome:
         if step not in _FAILURES:
             raise ValueError(f"script item {step!r}: expected one of {', '.join(_FAILURES)}, a status or an Outcome")
         return _FAILURES[step]
-    if isinstance(step, int) and not isinstance(step, bool):
-        return Outcome.of_status(step, "OK" if step == 200 else "")
-    if isinstance(step, tuple) and len(step) in (2, 3) and isinstance(step[0], int) and isinstance(step[1], Mapping):
+    if validate.is_int(step):
+        return Outcome.of_status(_status(step), "OK" if step == 200 else "")
+    if isinstance(step, tuple) and len(step) in (2, 3) and validate.is_int(step[0]) and isinstance(step[1], Mapping):
+        _status(step[0])
         headers = {k.lower(): v for k, v in step[1].items()}
         body = step[2] if len(step) == 3 else ""
-        return Outcome.of_status(step[0], body, retry_after=headers.get("retry-after"), date=headers.get("date"))
+        extensions = {k: v for k, v in headers.items() if k.startswith(EXTENSION_PREFIX)}
+        return Outcome.of_status(step[0], body, retry_after=headers.get("retry-after"), date=headers.get("date"),
+                                 headers=extensions)
     raise ValueError(f"script item {step!r}: expected a failure name, a status, (status, headers[, body]) or an Outcome")
+
+
+def _status(code: int) -> int:
+    if not 100 <= code <= 599:
+        raise ValueError(f"script item {code!r}: an HTTP status is in [100, 599]")
+    return code
 
 
 @dataclass(frozen=True)
@@ -59,11 +70,14 @@ def _checked(step: Step) -> Step:
     return to_outcome(step)
 
 
-def _resolve(step: Step, call: Call) -> Outcome:
+def _resolve(step: Step, call: Call, n: int) -> Outcome:
     answer = step(call) if callable(step) and not isinstance(step, BaseException) else step
     if isinstance(answer, BaseException):
         raise answer  # a transport that breaks: the driver must survive it
-    return to_outcome(answer)
+    try:
+        return to_outcome(answer)
+    except ValueError as exc:  # the test's own step is wrong: fail the test, not the driver
+        raise ScriptError(f"attempt {n}: step {step!r} returned {answer!r}: {exc}") from None
 
 
 class ScriptedTransport:
@@ -106,7 +120,7 @@ class ScriptedTransport:
         self.calls.append(call)
         if self.clock is not None and self.latency:
             self.clock.advance(self.latency)
-        return _resolve(step, call)
+        return _resolve(step, call, n)
 
     def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
         return self._answer("PUT", url, body, timeout)
@@ -125,7 +139,12 @@ class ScriptedTransport:
         self.closes += 1
 
 
-class ScriptExhausted(AssertionError):
+class ScriptError(AssertionError):
+    """A script step the kit cannot turn into an answer: the test is wrong, so it fails
+    (an AssertionError reaches the test even from a driver's background thread)."""
+
+
+class ScriptExhausted(ScriptError):
     """The code under test made more attempts than the script has items."""
 
 
@@ -140,13 +159,23 @@ class TimingTransport:
         self.durations: list[float] = []
         self._clock = SystemClock()
 
-    def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
+    def _timed(self, call: Callable[[], Outcome], timeout: float) -> Outcome:
         self.timeouts.append(timeout)
         began = self._clock.now()
         try:
-            return self.inner.attempt(url, body, timeout)
+            return call()
         finally:
             self.durations.append(self._clock.now() - began)
+
+    def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
+        return self._timed(lambda: self.inner.attempt(url, body, timeout), timeout)
+
+    def get(self, url: str, timeout: float) -> Outcome:
+        """A lookup, timed; ``inner`` must be a lookup transport (HttpTransport is)."""
+        get = getattr(self.inner, "get", None)
+        if get is None:
+            raise TypeError(f"TimingTransport.get: {type(self.inner).__name__} has no get()")
+        return self._timed(lambda: get(url, timeout), timeout)
 
     def abort(self) -> None:
         self.inner.abort()

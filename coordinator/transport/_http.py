@@ -8,10 +8,14 @@ from __future__ import annotations
 import requests
 
 from coordinator.outcome import Cause, Failure, Outcome, cause_of
+from coordinator.protocol import EXTENSION_PREFIX
 from coordinator.transport._classify import classify_exception
 from coordinator.transport._watch import AbortableAdapter, Watch
-MAX_BODY_BYTES = 64 * 1024  # read no more of an answer than this
+MAX_BODY_BYTES = 64 * 1024  # read no more of a PUT's answer than this
+# A lookup's answer is parsed whole; a topology with DSpark layouts can pass 64 KiB.
+MAX_ANSWER_BYTES = 1024 * 1024
 _EXCERPT_CHARS = 1024
+_REDACTED = "[redacted]"
 
 
 class _NoRedirectSession(requests.Session):
@@ -43,6 +47,7 @@ class HttpTransport:
         self._session = session
         self._headers = {"Content-Type": "application/json"}
         self._get_headers: dict[str, str] = {}  # lookups are open upstream: never send the token
+        self._token = token
         if token is not None:
             self._headers["Authorization"] = f"Bearer {token}"
 
@@ -56,21 +61,22 @@ class HttpTransport:
         return self._watch.busy
 
     def abort(self) -> None:
-        self._watch.cut(Failure.CANCELLED)
+        self._watch.abort()
 
     def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
         """One PUT; ``Outcome.body`` holds an excerpt of the answer, for messages."""
-        return self._request("PUT", url, body, timeout, _EXCERPT_CHARS)
+        return self._request("PUT", url, body, timeout, MAX_BODY_BYTES, _EXCERPT_CHARS)
 
     def get(self, url: str, timeout: float) -> Outcome:
-        """One GET; ``Outcome.body`` holds the answer (at most 64 KiB), to be parsed."""
-        return self._request("GET", url, None, timeout, MAX_BODY_BYTES)
+        """One GET; ``Outcome.body`` holds the answer whole, to be parsed. An answer over
+        :data:`MAX_ANSWER_BYTES` is an ``invalid`` outcome naming the cap."""
+        return self._request("GET", url, None, timeout, MAX_ANSWER_BYTES, MAX_ANSWER_BYTES)
 
-    def _request(self, method: str, url: str, body: bytes | None, timeout: float, keep: int) -> Outcome:
+    def _request(self, method: str, url: str, body: bytes | None, timeout: float, cap: int, keep: int) -> Outcome:
         # The total limit: per-read socket timeouts alone let a trickling server go on forever.
         self._watch.arm(timeout)
         try:
-            return self._send(method, url, body, timeout, keep)
+            return self._send(method, url, body, timeout, cap, keep)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an Outcome
             ending = self._watch.ending
             failure = classify_exception(exc)
@@ -84,7 +90,7 @@ class HttpTransport:
         finally:
             self._watch.attach(None)
 
-    def _send(self, method: str, url: str, body: bytes | None, timeout: float, keep: int) -> Outcome:
+    def _send(self, method: str, url: str, body: bytes | None, timeout: float, cap: int, keep: int) -> Outcome:
         response = self._session.request(
             method,
             url,
@@ -95,18 +101,25 @@ class HttpTransport:
             stream=True,
         )
         try:
-            data = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True) or b""
+            data = response.raw.read(cap + 1, decode_content=True) or b""
         finally:
             if response.raw.closed or response.raw.isclosed():
                 response.raw.release_conn()
             else:
                 # Unread body left on the socket: the connection cannot be reused.
                 response.close()
+        if len(data) > cap and keep == cap:  # an answer to be parsed whole, and cut: say so
+            return Outcome(status=response.status_code, failure=Failure.INVALID,
+                           cause=Cause("AnswerTooLarge", f"the answer exceeds {cap} bytes"))
+        text = data[:keep * 4].decode("utf-8", "replace")[:keep]
+        if self._token is not None:  # a server echoing the request must not put the token in our logs
+            text = text.replace(self._token, _REDACTED)
         return Outcome.of_status(
             response.status_code,
-            data[:keep * 4].decode("utf-8", "replace")[:keep],
+            text,
             retry_after=response.headers.get("Retry-After"),
             date=response.headers.get("Date"),
+            headers={k.lower(): v for k, v in response.headers.items() if k.lower().startswith(EXTENSION_PREFIX)},
         )
 
     def close(self) -> None:

@@ -14,6 +14,8 @@ from requests.adapters import HTTPAdapter
 from urllib3 import PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 
 from coordinator.clock import SystemClock
 from coordinator.outcome import Failure
@@ -35,13 +37,31 @@ class Watch:
         self._sock: socket.socket | None = None
         self._timer: threading.Timer | None = None
         self.ending: Failure | None = None  # why the attempt in flight is being cut short
+        self._aborted = False
         self.timeout = 0.0
         self.deadline = 0.0  # on REAL_TIME: when the attempt in flight must be over
 
     def arm(self, timeout: float) -> None:
+        """A new attempt begins; after :meth:`abort` every attempt begins cancelled."""
         with self._lock:
-            self._sock, self.ending = None, None
+            self._sock, self.ending = None, (Failure.CANCELLED if self._aborted else None)
             self.timeout, self.deadline = timeout, REAL_TIME.now() + timeout
+
+    def abort(self) -> None:
+        """Cancel the attempt in flight and every later one: a stop() landing between two
+        attempts, before the next one is armed, must not be lost."""
+        with self._lock:
+            self._aborted = True
+        self.cut(Failure.CANCELLED)
+
+    def connecting(self, sock: socket.socket) -> None:
+        """The socket of a connect() about to block: a cut shuts it down, and Linux then
+        aborts the handshake at once instead of waiting out the connect timeout."""
+        with self._lock:
+            self._sock = sock
+            ending = self.ending
+        if ending is not None:
+            _shutdown(sock)
 
     def attach(self, sock: socket.socket | None) -> None:
         with self._lock:
@@ -123,11 +143,42 @@ def _shutdown(sock: socket.socket | None) -> None:
         pass  # already closed: the attempt is ending anyway
 
 
-class WatchedConnection:
+class _WatchedConnection:
     """Mixin for urllib3 connections: adopt the fresh socket, show it to the watch."""
 
     watch: Watch
     sock: socket.socket
+    # urllib3's HTTPConnection, which this mixes into
+    host: str
+    port: int
+    _dns_host: str
+    timeout: float | None
+    socket_options: Any
+
+    def _new_conn(self) -> socket.socket:
+        # urllib3's, but the socket is shown to the watch before connect() blocks.
+        host = self._dns_host.strip("[]")
+        try:
+            infos = socket.getaddrinfo(host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]  # the mixin is the connection
+        error: OSError = OSError("getaddrinfo returned no address")
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                for option in self.socket_options or ():
+                    sock.setsockopt(*option)
+                sock.settimeout(self.timeout)
+                self.watch.connecting(sock)
+                sock.connect(address)
+                return sock
+            except socket.timeout as exc:
+                sock.close()
+                raise ConnectTimeoutError(self, f"connect to {self.host} timed out") from exc
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error  # type: ignore[arg-type]  # the mixin is the connection
 
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
@@ -136,15 +187,15 @@ class WatchedConnection:
         self.watch.attach(self.sock)
 
 
-class WatchedHTTPConnection(WatchedConnection, HTTPConnection):
+class _WatchedHTTPConnection(_WatchedConnection, HTTPConnection):
     pass
 
 
-class WatchedHTTPSConnection(WatchedConnection, HTTPSConnection):
+class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
     pass
 
 
-class WatchedPool:
+class _WatchedPool:
     """Mixin for urllib3 pools: hand the watch to new connections, and show it pooled sockets."""
 
     watch: Watch
@@ -160,19 +211,19 @@ class WatchedPool:
         return conn
 
 
-class WatchedHTTPPool(WatchedPool, HTTPConnectionPool):
-    ConnectionCls = WatchedHTTPConnection
+class _WatchedHTTPPool(_WatchedPool, HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
 
 
-class WatchedHTTPSPool(WatchedPool, HTTPSConnectionPool):
-    ConnectionCls = WatchedHTTPSConnection
+class _WatchedHTTPSPool(_WatchedPool, HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
 
 
-class WatchedPoolManager(PoolManager):
+class _WatchedPoolManager(PoolManager):
     def __init__(self, watch: Watch, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.watch = watch
-        self.pool_classes_by_scheme = {"http": WatchedHTTPPool, "https": WatchedHTTPSPool}
+        self.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
     def _new_pool(self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None) -> Any:
         pool: Any = super()._new_pool(scheme, host, port, request_context)
@@ -188,7 +239,7 @@ class AbortableAdapter(HTTPAdapter):
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         # What HTTPAdapter does, with pools whose connections the watch can cut short.
         self._pool_connections, self._pool_maxsize, self._pool_block = connections, maxsize, block
-        self.poolmanager = WatchedPoolManager(self._watch, num_pools=connections, maxsize=maxsize, block=block,
+        self.poolmanager = _WatchedPoolManager(self._watch, num_pools=connections, maxsize=maxsize, block=block,
                                                **pool_kwargs)
 
 

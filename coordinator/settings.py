@@ -1,0 +1,186 @@
+"""``PREFILL_STARTUP_*`` environment variables: one table, read by the CLI and by embedders.
+
+Each :class:`Setting` is a variable, the CLI flag it stands in for (if any), its parser
+(the rules of :mod:`coordinator.validate`), its default and its help. The CLI takes a
+flag over its variable over the default. :func:`from_env` reads them all into a frozen
+:class:`Settings`; a bad value raises :class:`SettingError` naming the variable. An empty
+variable counts as unset, as Python's own ``PYTHON*`` variables do.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+from coordinator import validate
+from coordinator.policy import MAX_ATTEMPT_TIMEOUT_S
+
+PREFIX: Final = "PREFILL_STARTUP_"
+LOG_FORMATS: Final = ("auto", "console", "json")
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+T = TypeVar("T")
+
+
+class SettingError(ValueError):
+    """A ``PREFILL_STARTUP_*`` variable with a bad value; the message names both."""
+
+
+class Unset(enum.Enum):
+    """The default of a setting whose default belongs to the caller (a deadline: 120 s to
+    register, 600 s to wait)."""
+
+    UNSET = "unset"
+
+
+UNSET: Final = Unset.UNSET
+
+
+def rule(check: Callable[[str], T]) -> Callable[[str], T]:
+    """A validate rule called with the field "value", its message without that field
+    (the caller names the variable or the flag)."""
+    def parse(text: str) -> T:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("value").lstrip(":").strip()) from None
+    return parse
+
+
+positive = rule(lambda t: validate.number(t, "value", positive=True))
+non_negative = rule(lambda t: validate.number(t, "value", positive=False))
+host = rule(lambda t: validate.host(t, "value"))
+bind_port = rule(lambda t: validate.port_text(t, "value", allow_zero=True))
+_digits = rule(lambda t: validate.digits(t, "value"))
+
+
+def deadline(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return positive(text)
+    except ValueError:
+        raise ValueError(f"must be a decimal number or 'none' (seconds > 0), got {text!r}") from None
+
+
+def attempt_timeout(text: str) -> float:
+    seconds = positive(text)
+    if seconds > MAX_ATTEMPT_TIMEOUT_S:
+        # Sockets take the timeout in C: a huge one overflows there, mid-attempt.
+        raise ValueError(f"must be <= {MAX_ATTEMPT_TIMEOUT_S:g} seconds, got {text!r}")
+    return seconds
+
+
+def count(text: str) -> int:
+    n = _digits(text)
+    if n < 1:
+        raise ValueError(f"must be >= 1, got {n}")
+    return n
+
+
+def _choice(options: tuple[str, ...], *, upper: bool) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.upper() if upper else text.lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(o.lower() for o in options)} (any case), got {text!r}")
+        return value
+    return parse
+
+
+log_format = _choice(LOG_FORMATS, upper=False)
+log_level = _choice(LOG_LEVELS, upper=True)
+on_failure = _choice(("raise", "return"), upper=False)
+
+
+def directory(text: str) -> Path:
+    path = Path(text)
+    if "\0" in text:
+        raise ValueError("must be a directory path without NUL characters")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"must be a directory, got the file {text!r}")
+    return path
+
+
+def boolean(text: str) -> bool:
+    value = text.lower()
+    if value not in _TRUE + _FALSE:
+        raise ValueError(f"must be one of {'/'.join(_TRUE + _FALSE)}, got {text!r}")
+    return value in _TRUE
+
+
+@dataclass(frozen=True)
+class Setting:
+    field: str  # on Settings
+    var: str
+    flag: str | None  # the CLI flag it stands in for; None: embedders only
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+TABLE: Final = (
+    Setting("deadline_s", PREFIX + "DEADLINE", "--deadline", deadline, UNSET,
+            "total budget in seconds from the first attempt; 'none': no deadline "
+            "(default: register 120, wait 600)"),
+    Setting("attempt_timeout_s", PREFIX + "ATTEMPT_TIMEOUT", "--attempt-timeout", attempt_timeout, 5.0,
+            f"limit of one attempt in seconds, at most {MAX_ATTEMPT_TIMEOUT_S:g} (default 5)"),
+    Setting("max_attempts", PREFIX + "MAX_ATTEMPTS", "--max-attempts", count, None,
+            "give up after N attempts (default: unlimited, the deadline rules)"),
+    Setting("log_format", PREFIX + "LOG_FORMAT", "--log-format", log_format, "auto",
+            "auto, console or json: console on a terminal, JSON otherwise (default auto)"),
+    Setting("log_level", PREFIX + "LOG_LEVEL", "--log-level", log_level, "INFO",
+            "debug, info, warning or error, any case (default info)"),
+    Setting("health_host", PREFIX + "HEALTH_HOST", "--health-host", host, "127.0.0.1",
+            "the probes' bind address (default 127.0.0.1)"),
+    Setting("health_port", PREFIX + "HEALTH_PORT", "--health-port", bind_port, None,
+            "serve the probes on this port, 0 for any free one (default: no probes)"),
+    Setting("on_failure", PREFIX + "ON_FAILURE", None, on_failure, "raise",
+            "raise or return: a prefill rank that fails to register raises from the scheduler's init, "
+            "or carries on with an ERROR (SGLang plugin; default raise)"),
+    Setting("state_dir", PREFIX + "STATE_DIR", None, directory, None,
+            "where the SGLang plugin's processes publish their snapshots for the probes "
+            "(default: a new temporary directory)"),
+    Setting("watch", PREFIX + "WATCH", None, boolean, True,
+            "1/0, true/false or yes/no, any case: once the prefill instance is complete, a decode "
+            "process keeps checking that it still is (SGLang plugin; default true)"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting's value, from its variable or its default (see :data:`TABLE`)."""
+
+    deadline_s: float | None | Unset  # None: no deadline; UNSET: the caller's default
+    attempt_timeout_s: float
+    max_attempts: int | None  # None: unlimited
+    log_format: str
+    log_level: str
+    health_host: str
+    health_port: int | None  # None: no probes
+    on_failure: Literal["raise", "return"]
+    state_dir: Path | None
+    watch: bool
+
+
+def read(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The settings whose variable is set (and not empty), by field; SettingError on a bad one."""
+    values: dict[str, Any] = {}
+    for setting in TABLE:
+        text = environ.get(setting.var, "")
+        if not text:
+            continue
+        try:
+            values[setting.field] = setting.parse(text)
+        except ValueError as exc:
+            raise SettingError(f"{setting.var}={text!r}: {exc}") from None
+    return values
+
+
+def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
+    """Every setting: from ``environ`` where set, else its default."""
+    values = read(environ)
+    return Settings(**{s.field: values.get(s.field, s.default) for s in TABLE})
