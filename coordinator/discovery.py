@@ -59,6 +59,7 @@ DEFAULT_WATCH_INTERVAL_S = 1.0
 # Longer than a reconnecting blip, shorter than upstream's 2 x 5 s heartbeat.
 DEFAULT_GRACE_S = 5.0
 LONG_POLL_S = 20.0
+GONE_CHECK_S = 0.25
 
 
 def default_policy() -> RetryPolicy:
@@ -196,7 +197,10 @@ class Discovery(Driver[LookupTransport]):
         long_poll = min(self._long_poll_s, LONG_POLL_S)
         # Watchers must not check in step; a long-poll waits at the server, so only a breath here
         # (a server answering long-polls at once must not make this loop spin).
-        pause = (0.1 if long_poll else self._interval) * (0.5 + self._rng.random())
+        # While the last check failed, the server may come back any moment: check at about the
+        # pending pace, so the new instance is seen soon after it is (refusals cost it nothing).
+        base = 0.1 if long_poll else GONE_CHECK_S if self._gone_since is not None else self._interval
+        pause = base * (0.5 + self._rng.random())
         self._clock.sleep(pause, self._wake)
         if self._wake.is_set():
             return  # stop() or invalidate()
@@ -204,7 +208,7 @@ class Discovery(Driver[LookupTransport]):
         if cause is not None and not self._cancel.is_set():
             self._invalidation = cause
 
-    def _check(self, long_poll: float) -> str | None:
+    def _check(self, long_poll: float) -> tuple[str, str] | None:
         """Why the resolved prefill instance no longer holds, or None while it does."""
         url = f"{self._url}?{_TOPOLOGY_QUERY}"
         if long_poll and self._generation is not None:
@@ -220,37 +224,37 @@ class Discovery(Driver[LookupTransport]):
             return self._changed(answer, timeout)
         self._long_poll_s = 0.0  # until the server says so again
         if answer.status == 503:
-            return "the prefill instance is not complete any more (HTTP 503): it restarted"
+            return "incomplete", "the prefill instance is not complete any more (HTTP 503): it restarted"
         if self._gone_since is None:
             self._gone_since = now
         if now - self._gone_since >= self._grace:
-            return f"the bootstrap server has been gone for {now - self._gone_since:.3g} s ({answer.describe()})"
+            return "gone", f"the bootstrap server has been gone for {now - self._gone_since:.3g} s ({answer.describe()})"
         return None
 
-    def _changed(self, answer: Outcome, timeout: float) -> str | None:
+    def _changed(self, answer: Outcome, timeout: float) -> tuple[str, str] | None:
         generation = answer.headers.get(GENERATION_HEADER.lower())
         self._long_poll_s = _long_poll_of(answer)
         if generation is not None and self._generation is not None and generation != self._generation:
-            return f"the bootstrap server restarted (generation {self._generation} -> {generation})"
+            return "restarted", f"the bootstrap server restarted (generation {self._generation} -> {generation})"
         resolved = self._snapshot.info
         try:
             topology = parse_topology(answer.body)
         except AnswerError as exc:
-            return f"the bootstrap server answers a malformed topology ({exc})"
+            return "changed", f"the bootstrap server answers a malformed topology ({exc})"
         if resolved is None or topology.topology_json() != resolved.topology_json():
-            return "the prefill topology changed"
+            return "changed", "the prefill topology changed"
         if generation is not None:
             return None  # same generation: same registrations
         for key in self._targets:  # upstream's server has no generation: compare the addresses
             moved = self._transport.get(f"{self._url}?{route_query(key)}", timeout)
             if moved.status != 200 or moved.failure is not None:
-                return f"rank {key} is not registered any more ({moved.describe()})"
+                return "moved", f"rank {key} is not registered any more ({moved.describe()})"
             try:
                 address = parse_rank(moved.body)
             except AnswerError:
-                return f"rank {key} answers a malformed address"
+                return "moved", f"rank {key} answers a malformed address"
             if address != resolved.ranks.get(key):
-                return f"rank {key} moved to {address[0]}:{address[1]}"
+                return "moved", f"rank {key} moved to {address[0]}:{address[1]}"
         return None
 
     def _wait_within_budget(self, timeout: float) -> float:

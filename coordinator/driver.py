@@ -151,7 +151,8 @@ class Driver(Generic[T]):
         self._crash: AssertionError | None = None  # a test's fake failing on the background thread
         self._watch = False  # a subclass that keeps checking after REGISTERED sets it
         self._wake = threading.Event()  # interrupts a sleep: stop() or invalidate()
-        self._invalidation: str | None = None  # why REGISTERED no longer holds, until the driver acts on it
+        # Why REGISTERED no longer holds, until the driver acts on it: (a bounded code for metrics, a message).
+        self._invalidation: tuple[str, str] | None = None
         self._settled = threading.Event()  # set while the snapshot is terminal
         self._listeners: list[Listener] = []
         self._lanes = NO_FAILURES  # handed from one retry decision to the next attempt's
@@ -277,7 +278,7 @@ class Driver(Generic[T]):
         if not self._watch:
             raise RuntimeError(f"{self.kind} was not made with watch=True: REGISTERED is final for it")
         validate.name(cause, "cause")
-        self._invalidation = cause
+        self._invalidation = ("asked", cause)
         self._wake.set()
 
     def stop(self, timeout: float | None = None) -> Snapshot:
@@ -351,8 +352,9 @@ class Driver(Generic[T]):
             self._fire(Trigger.TIMER, now, {"attempt": self._snapshot.attempt + 1},
                        now=now, due_at=self._snapshot.next_attempt_at)
 
-    def _reopen(self, cause: str) -> None:
+    def _reopen(self, cause: tuple[str, str]) -> None:
         self._invalidation = None
+        code, message = cause
         self._lanes = NO_FAILURES
         self._forget()
         now = self._clock.now()
@@ -360,11 +362,12 @@ class Driver(Generic[T]):
         # A new resolution: its own attempt, its own budget from now, nothing of the old answer.
         self._fire(Trigger.INVALIDATE, now, {
             "attempt": prev.attempt + 1, "started_at": now, "info": None, "reason": None, "last_status": None,
-            "last_error": Cause("Invalidated", cause), "invalidations": prev.invalidations + 1,
-        })
+            "last_error": Cause("Invalidated", message), "invalidations": prev.invalidations + 1,
+        }, cause=code)
 
     def _fire(self, trigger: Trigger, at: float, changes: dict[str, Any],
-              attempt: tuple[Outcome, Decision, float] | None = None, **event: Any) -> None:
+              attempt: tuple[Outcome, Decision, float] | None = None, cause: str | None = None,
+              **event: Any) -> None:
         """Fire ``trigger``; when it moves, the next snapshot is the previous one with ``changes``."""
         before = self._model.state
         if not self._model.trigger(trigger.value, **event):
@@ -384,7 +387,7 @@ class Driver(Generic[T]):
             if attempt is not None:
                 outcome, decision, began = attempt
                 self._emit(AttemptRecord(self._source, snapshot, outcome, decision, began, at))
-            self._emit(TransitionRecord(self._source, snapshot, trigger, before, after))
+            self._emit(TransitionRecord(self._source, snapshot, trigger, before, after, cause))
         for listener in tuple(self._listeners):
             try:
                 listener(snapshot)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -17,3 +21,30 @@ def payload() -> dict[str, Any]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET: (its path, the socket)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify")
+    sock.bind(path)
+    sock.settimeout(5)
+    yield path, sock
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def conn() -> ModuleType:
+    """sglang 0.5.23's ``disaggregation.common.conn``, its real definitions (coordinator.testing._sglang_release)."""
+    from coordinator.testing import _sglang_release as sr
+
+    return sr.load_conn()
+
+
+@pytest.fixture(scope="module")
+def decode() -> ModuleType:
+    """sglang 0.5.23's ``disaggregation.decode``, its real ``_ensure_prefill_info``."""
+    from coordinator.testing import _sglang_release as sr
+
+    return sr.load_decode()

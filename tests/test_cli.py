@@ -54,7 +54,7 @@ def test_register_with_token_from_env(tmp_path: Path) -> None:
         denied = cli("register", "--bootstrap", f"127.0.0.1:{server.port}", "--payload-file", str(f))
         ok = cli("register", "--bootstrap", f"127.0.0.1:{server.port}", "--payload-file", str(f),
                  "--token-env", "BOOT_TOKEN", env={"BOOT_TOKEN": token})
-    assert denied.returncode == 1 and json.loads(denied.stdout)["last_status"] == 401
+    assert denied.returncode == 1 and json.loads(denied.stderr.splitlines()[-1])["last_status"] == 401
     assert ok.returncode == 0, ok.stderr
     for r in (denied, ok):
         assert token not in r.stdout + r.stderr
@@ -64,7 +64,7 @@ def test_register_gives_up_with_exit_1() -> None:
     r = cli("--log-format", "json", "register", "--bootstrap", f"127.0.0.1:{free_port()}",
             "--payload", json.dumps(example_payload()), "--max-attempts", "2")
     assert r.returncode == 1
-    assert json.loads(r.stdout)["reason"] == "exhausted"
+    assert r.stdout == "" and json.loads(r.stderr.splitlines()[-1])["reason"] == "exhausted"
     assert '"error_type": "ConnectionRefusedError"' in r.stderr
 
 

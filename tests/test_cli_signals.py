@@ -121,11 +121,10 @@ def test_a_signal_cancels_the_run(command: str, sig: signal.Signals, status: int
     assert "Traceback" not in proc.err
     cancelled = [json.loads(line) for line in proc.lines["stderr"] if '"cli.cancelled"' in line]
     assert [(e["signal"], e["state"], e["level"]) for e in cancelled] == [(sig.name, "FAILED", "info")]
-    # The final snapshot where the command prints failures: register's stdout, wait's stderr.
-    final = last_json(proc.out if command == "register" else proc.err)
+    # The final snapshot where both commands print failures: stderr; stdout stays empty.
+    final = last_json(proc.err)
     assert (final["state"], final["reason"], final["name"]) == ("FAILED", "cancelled", "the-one")
-    if command == "wait":
-        assert proc.out == ""  # wait's stdout holds only a PrefillInfo
+    assert proc.out == ""
 
 
 # COMMAND: says who it is, then waits for a signal (bounded).

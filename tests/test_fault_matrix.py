@@ -16,16 +16,13 @@ import logging
 import random
 import socket
 import threading
-import time
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from coordinator import Backoff, BootstrapServer, FakeClock, Registration, RegistrationFailed, RetryPolicy, Snapshot
-from coordinator.outcome import Outcome
 from coordinator.testing import example_payload
 from coordinator.testing import TimingTransport
-from coordinator.transport import HttpTransport
 from states import State
 
 from coordinator.testing.faultserver import (

@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import requests
@@ -106,16 +105,6 @@ def test_a_newline_in_an_error_cannot_forge_a_verbose_line() -> None:
         f"[-]registration rank0 failed: FAILED (permanent), attempt 1, ValueError: bad\\n[+]registration rank0 ok"
         f"\\n{FORGED}\\x1b[2J",
         "readyz check failed"]
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = str(tmp_path / "notify")
-    sock.bind(path)
-    sock.settimeout(5)
-    yield path, sock
-    sock.close()
 
 
 def test_a_newline_in_a_name_sends_no_ready_to_systemd(notify_socket: tuple[str, socket.socket]) -> None:

@@ -40,16 +40,6 @@ except sr.SglangReleaseUnavailable as e:
 HOOKED = (targets.REGISTER_ROW, targets.TRY_ENSURE, targets.ENSURE_INFO, targets.HANDLE_FAILURE)
 
 
-@pytest.fixture(scope="module")
-def conn() -> ModuleType:
-    return sr.load_conn()
-
-
-@pytest.fixture(scope="module")
-def decode() -> ModuleType:
-    return sr.load_decode()
-
-
 @pytest.fixture
 def sglang(conn: ModuleType, decode: ModuleType, monkeypatch: pytest.MonkeyPatch,
            tmp_path: Path) -> Iterator[sr.PluginFramework]:

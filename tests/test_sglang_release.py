@@ -42,16 +42,6 @@ def plugin():
 '''
 
 
-@pytest.fixture(scope="module")
-def conn() -> ModuleType:
-    return sr.load_conn()
-
-
-@pytest.fixture(scope="module")
-def decode() -> ModuleType:
-    return sr.load_decode()
-
-
 @pytest.fixture
 def framework(monkeypatch: pytest.MonkeyPatch) -> Iterator[sr.PluginFramework]:
     fw = sr.plugin_framework()

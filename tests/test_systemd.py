@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,6 @@ from coordinator.cli import main
 from coordinator.instrumentation import SystemdNotifier
 from coordinator.testing import ScriptedTransport, example_payload
 from states import State
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = str(tmp_path / "notify")
-    sock.bind(path)
-    sock.settimeout(5)
-    yield path, sock
-    sock.close()
 
 
 def received(sock: socket.socket) -> list[dict[str, str]]:

@@ -118,7 +118,7 @@ def test_a_flapping_server_does_not_make_it_flap(watched: list[Watched]) -> None
 
 
 def test_a_server_gone_for_longer_than_the_grace_period_invalidates(watched: list[Watched]) -> None:
-    w = make(watched, [topology("a"), *["refused"] * 12], grace_s=5.0)
+    w = make(watched, [topology("a"), *["refused"] * 40], grace_s=5.0)
     seen = w.run_script()
     assert states(seen)[:3] == ["REGISTERING", "REGISTERED", "REGISTERING"]
     gone = seen[2]
@@ -182,3 +182,23 @@ def test_a_registration_re_registers_only_when_asked() -> None:
     plain.run()
     with pytest.raises(RuntimeError, match="watch=True"):
         plain.invalidate("asked")
+
+
+def test_an_invalidation_is_logged_and_counted_by_cause(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from coordinator.instrumentation import LogHook, PrometheusHook
+
+    registry = prometheus_client.CollectorRegistry()
+    d = Discovery("10.0.0.5:8998", transport=ScriptedTransport([topology("a"), topology("a")]), clock=FakeClock(),
+                  hooks=[LogHook(), PrometheusHook(registry)], watch=True, name="prefill0")
+    with caplog.at_level(logging.WARNING, logger="coordinator"):
+        d.run()
+        d.invalidate("the operator asked")
+        d.run()
+    [line] = [r.getMessage() for r in caplog.records if "discovery.invalidated" in r.getMessage()]
+    assert "cause='asked'" in line and "the operator asked" in line
+    value = registry.get_sample_value("prefill_startup_invalidations_total",
+                                      {"name": "prefill0", "kind": "discovery", "cause": "asked"})
+    assert value == 1.0

@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import coordinator
-from coordinator.cli import bootstrap_server, demo, diagram, register, simulate, wait
+from coordinator.cli import bootstrap_server, demo, diagram, register, simulate, status, wait
 from coordinator.cli._logging import configure_logging
 from coordinator.cli._options import UsageError, add_setting
 from coordinator.cli._run import EXIT_INTERRUPTED, EXIT_USAGE
 from coordinator.protocol import PayloadError
 from coordinator.settings import SettingError
 
-COMMANDS = (demo, register, wait, bootstrap_server, diagram, simulate)
+COMMANDS = (demo, register, wait, status, bootstrap_server, diagram, simulate)
 
 
 def _add_log_args(parser: argparse.ArgumentParser, *, defaults: bool) -> None:

@@ -12,7 +12,8 @@ import requests
 
 from coordinator import health
 from coordinator.protocol import bootstrap_url
-from coordinator.cli._argtypes import count, non_negative, positive
+from coordinator.cli._argtypes import non_negative, positive, ranks
+from coordinator.sim import MAX_RANKS
 from coordinator.cli._run import EXIT_FAILED, EXIT_OK
 from coordinator.clock import SystemClock
 from coordinator.discovery import Discovery
@@ -28,7 +29,7 @@ from states import State
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     demo = sub.add_parser("demo", parents=[common], help="a prefill group racing a late bootstrap server")
-    demo.add_argument("--ranks", type=count, default=4, help="prefill ranks (default 4)")
+    demo.add_argument("--ranks", type=ranks, default=4, help=f"prefill ranks (default 4, at most {MAX_RANKS})")
     demo.add_argument("--server-delay", type=non_negative, default=3.0, metavar="S",
                       help="seconds before the bootstrap server listens (default 3)")
     demo.add_argument("--deadline", type=positive, default=30.0, metavar="S",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     ended = drive(args, registration)
-    # stdout: the final snapshot, whatever the end (as documented, and scripts read it).
-    print(json.dumps(ended.snapshot.to_dict()))
+    # The final snapshot: on stdout when registered; where wait puts its failures (stderr) otherwise.
+    registered = ended.snapshot.state is State.REGISTERED
+    print(json.dumps(ended.snapshot.to_dict()), file=sys.stdout if registered else sys.stderr)
     if ended.cancelled_status is not None:
         return ended.cancelled_status
     return EXIT_OK if ended.snapshot.state is State.REGISTERED else EXIT_FAILED

@@ -28,6 +28,7 @@ STATE_CHANGED = "state_changed"
 ATTEMPT_FAILED = "attempt_failed"
 REGISTERED = "registered"
 FAILED = "failed"
+INVALIDATED = "invalidated"
 LISTENER_ERROR = "listener_error"
 
 # A long outage must not flood the log: the same cause gets a line on its first
@@ -218,6 +219,11 @@ class LogHook:
                 attempt=s.attempt,
                 elapsed_s=round(s.elapsed_s, 6),
             )
+        if r.trigger is Trigger.INVALIDATE and self._on(logging.WARNING):
+            # What was resolved no longer holds (a prefill restart): worth an operator's look.
+            err = s.last_error
+            d.log.warning(f"{kind}.{INVALIDATED}", cause=r.cause, error=err.message if err else None,
+                          invalidations=s.invalidations, attempt=s.attempt)
         if r.to_state is State.FAILED:
             # A deliberate stop is not an outage: it is worth a warning, not an error.
             level = logging.WARNING if s.reason is Reason.CANCELLED else logging.ERROR

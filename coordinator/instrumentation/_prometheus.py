@@ -37,6 +37,7 @@ class _Families:
     attempts: Any
     state: Any
     seconds: Any
+    invalidations: Any
     names: set[str] = field(default_factory=set)  # the names given series of their own
     overflowed: bool = False
 
@@ -63,6 +64,8 @@ def _families(registry: CollectorRegistry) -> _Families:
                 Histogram("prefill_startup_duration_seconds",
                           "Seconds from the first attempt to the terminal state, by result",
                           ["name", "kind", "result"], buckets=BUCKETS, registry=registry),
+                Counter("prefill_startup_invalidations", "Times a watching driver left REGISTERED, by cause",
+                        ["name", "kind", "cause"], registry=registry),
             )
         return fam
 
@@ -119,5 +122,7 @@ class PrometheusHook:
         else:  # INIT was never counted: a driver has no record before it starts
             state.labels(name, kind, record.from_state.value).dec()
         state.labels(name, kind, record.to_state.value).inc()
+        if record.cause is not None:
+            self._f.invalidations.labels(name, kind, record.cause).inc()
         if record.to_state in TERMINAL:
             self._f.seconds.labels(name, kind, s.reason.value if s.reason else "unknown").observe(s.elapsed_s)

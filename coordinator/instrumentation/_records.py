@@ -47,6 +47,9 @@ class TransitionRecord:
     trigger: Trigger
     from_state: State
     to_state: State
+    # For INVALIDATE: why, from a small fixed set (restarted, incomplete, changed, moved, gone,
+    # asked); the full message is in ``snapshot.last_error``.
+    cause: str | None = None
 
 
 Record = Union[AttemptRecord, TransitionRecord]

@@ -19,18 +19,32 @@ What the stdlib defaults get wrong for this job, fixed once:
   client's request has arrived: closing it unread would reset the connection);
 - a request with two ``Content-Length`` headers served with the first (request
   smuggling when a proxy in front reads the other): here a 400 and a closed connection.
+
+Held answers (long-polls) keep the thread-per-connection model for everything else:
+a handler that has read a request it cannot answer yet hands its connection to ONE
+parking thread (:meth:`Server.park`, a ``selectors`` loop) and returns, so a thousand
+held requests cost a thousand sockets, not a thousand threads. The parking thread
+answers each when :meth:`Server.wake_parked` says the state changed, or at its
+deadline (one non-blocking write, ``Connection: close``), and drops at once a
+connection its client closed. Parked connections do not count against
+:attr:`Server.max_connections` (they hold no thread) but against
+:attr:`Server.max_parked`; beyond it :meth:`Server.park` refuses and the handler
+answers at once. Closing the server closes them unanswered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import io
+import itertools
 import logging
+import selectors
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
@@ -40,9 +54,11 @@ from coordinator.validate import url_host
 _log = logging.getLogger("coordinator.server")
 
 
-_OVER_CAPACITY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                  b"Content-Length: 33\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-                  b"too many connections, retry later")
+def _over_capacity(headers: Sequence[tuple[str, str]]) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: 33\r\nRetry-After: 1\r\nConnection: close\r\n" + extra + b"\r\n"
+            b"too many connections, retry later")
 
 
 def _close_drained(sock: socket.socket) -> None:
@@ -53,6 +69,148 @@ def _close_drained(sock: socket.socket) -> None:
             if not sock.recv(65536):
                 break
     sock.close()
+
+
+# A held request's answer: called with timed_out=False when woken (None: keep holding)
+# and with timed_out=True at its deadline (never None then).
+Answer = Callable[[bool], bytes | None]
+
+
+class _Held:
+    __slots__ = ("sock", "deadline", "answer")
+
+    def __init__(self, sock: socket.socket, deadline: float, answer: Answer) -> None:
+        self.sock, self.deadline, self.answer = sock, deadline, answer
+
+
+class _Parking:
+    """The parking thread and the connections it holds (see the module docstring)."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()  # guards the fields below up to _held
+        self._incoming: list[_Held] = []  # handed over, not yet seen by the thread
+        self._count = 0  # handed over and not yet closed
+        self._poke = False  # re-ask every held answer
+        self._closing = False
+        self._full = False  # at the limit since the last accepted one: warn once per episode
+        self._held: dict[socket.socket, _Held] = {}  # the thread's own
+        self._seq = itertools.count()  # heap tie-breaker
+        self._selector = selectors.DefaultSelector()  # epoll/kqueue: no FD_SETSIZE limit
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+    def take(self, sock: socket.socket, deadline: float, answer: Answer) -> bool:
+        """Hold ``sock`` until ``answer`` gives bytes; False (not taken) when full or closing."""
+        with self._lock:
+            if self._closing:
+                return False
+            full = self._count >= self._limit
+            warn, self._full = full and not self._full, full
+            if not full:
+                self._count += 1
+                self._incoming.append(_Held(sock, deadline, answer))
+                self._signal()
+        if warn:
+            _log.warning("%d requests held, the most at once: further long-polls are answered at once "
+                         "until some are answered", self._limit)
+        return not full
+
+    def wake(self) -> None:
+        with self._lock:
+            self._poke = True
+            if not self._closing:
+                self._signal()
+
+    def close(self) -> None:
+        """Close every held connection unanswered and join the thread."""
+        with self._lock:
+            self._closing = True
+            self._signal()
+        self._thread.join()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()  # after the join, and no one signals once _closing is set
+
+    def _signal(self) -> None:  # caller holds the lock
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+            self._wake_w.send(b"\0")
+
+    def _run(self) -> None:
+        deadlines: list[tuple[float, int, _Held]] = []
+        while True:
+            timeout = max(0.0, deadlines[0][0] - time.monotonic()) if deadlines else None
+            ready = [key.data for key, _ in self._selector.select(timeout)]
+            with self._lock:
+                incoming, self._incoming = self._incoming, []
+                poke, self._poke = self._poke, False
+                if self._closing:
+                    for held in (*self._held.values(), *incoming):
+                        held.sock.close()
+                    self._held.clear()
+                    self._count = 0
+                    return
+            for held in ready:
+                if held is None:
+                    with contextlib.suppress(BlockingIOError):
+                        self._wake_r.recv(4096)
+                else:
+                    self._readable(held)
+            for held in incoming:
+                held.sock.setblocking(False)
+                self._held[held.sock] = held
+                self._selector.register(held.sock, selectors.EVENT_READ, held)
+                heapq.heappush(deadlines, (held.deadline, next(self._seq), held))
+            # New ones too: the state may have changed between the handler's look and the hand-over.
+            for held in list(self._held.values()) if poke else incoming:
+                self._settle(held, timed_out=False)
+            now = time.monotonic()
+            while deadlines and deadlines[0][0] <= now:
+                held = heapq.heappop(deadlines)[2]
+                if self._held.get(held.sock) is held:
+                    self._settle(held, timed_out=True)
+            if not self._held:
+                deadlines.clear()  # entries of connections answered early
+
+    def _readable(self, held: _Held) -> None:
+        try:
+            data = held.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:  # reset
+            data = b""
+        if data:  # a pipelined request: answer this one now; Connection: close drops the next
+            self._settle(held, timed_out=True)
+        else:  # the client gave up: nothing to answer
+            self._drop(held)
+
+    def _settle(self, held: _Held, *, timed_out: bool) -> None:
+        try:
+            answer = held.answer(timed_out)
+        except Exception:  # a bug; the other held connections must not hang on it
+            _log.exception("answering a held request failed")
+            answer = b""
+        if answer is None:
+            return
+        with contextlib.suppress(OSError):
+            held.sock.send(answer)  # non-blocking: one write, never a wait on a client that does not read
+        self._drop(held)
+
+    def _drop(self, held: _Held) -> None:
+        self._selector.unregister(held.sock)
+        del self._held[held.sock]
+        _close_drained(held.sock)
+        with self._lock:
+            self._count -= 1
 
 
 class Server(ThreadingHTTPServer):
@@ -69,12 +227,19 @@ class Server(ThreadingHTTPServer):
     # Seconds a refused connection stays open (answered, never read from a thread) so
     # that the client's request can arrive and be discarded before the close.
     refused_linger = 0.5
+    # Connections held by the parking thread at once (one socket each, no thread).
+    max_parked = 4096
+    # Sent with every answer, the over-capacity 503 included.
+    extra_headers: Sequence[tuple[str, str]] = ()
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._over_capacity = _over_capacity(self.extra_headers)
         self._conns_lock = threading.Lock()
-        self._live_conns: set[socket.socket] = set()
+        self._live_conns: set[socket.socket] = set()  # served by a handler thread
         self._handler_threads: list[threading.Thread] = []
+        self._parking: _Parking | None = None  # started by the first park()
+        self._closing = False
         self._refusing = False  # over max_connections since the last accepted connection
         self._refused: deque[tuple[float, socket.socket]] = deque()  # (close at, socket), oldest first
         super().__init__(address, handler)
@@ -110,7 +275,7 @@ class Server(ThreadingHTTPServer):
         takes it whole), then the socket lingers until :meth:`service_actions` closes it."""
         with contextlib.suppress(OSError):
             request.setblocking(False)
-            request.send(_OVER_CAPACITY)
+            request.send(self._over_capacity)
             request.shutdown(socket.SHUT_WR)
         if len(self._refused) < self.max_connections:  # lingering sockets are bounded too
             self._refused.append((time.monotonic() + self.refused_linger, request))
@@ -123,13 +288,48 @@ class Server(ThreadingHTTPServer):
         while self._refused and self._refused[0][0] <= now:
             _close_drained(self._refused.popleft()[1])
 
+    def park(self, request: socket.socket, deadline: float, answer: Answer) -> bool:
+        """Hand ``request`` (a handler's connection, its request read) to the parking
+        thread, which sends ``answer``'s bytes and closes it (see :data:`Answer`); the
+        handler must then return without touching it. False: not taken (``max_parked``
+        reached, or closing); the handler answers itself."""
+        with self._conns_lock:
+            if self._closing:
+                return False
+            if self._parking is None:
+                self._parking = _Parking(f"{type(self).__name__}-parking", self.max_parked)
+            if not self._parking.take(request, deadline, answer):
+                return False
+            self._live_conns.discard(request)  # no thread holds it now: it frees its slot
+        return True
+
+    def wake_parked(self) -> None:
+        """Ask every held answer again: the state it waits on may have changed."""
+        with self._conns_lock:
+            parking = self._parking
+        if parking is not None:
+            parking.wake()
+
+    @property
+    def parked(self) -> int:
+        """Connections held by the parking thread right now."""
+        with self._conns_lock:
+            parking = self._parking
+        return 0 if parking is None else parking.count
+
     def shutdown_request(self, request: Any) -> None:
         # Under the lock, so server_close never shuts down a socket while it is being closed.
         with self._conns_lock:
-            self._live_conns.discard(request)
-            super().shutdown_request(request)
+            if request in self._live_conns:  # else parked: the parking thread closes it
+                self._live_conns.discard(request)
+                super().shutdown_request(request)
 
     def server_close(self) -> None:
+        with self._conns_lock:
+            self._closing = True
+            parking = self._parking
+        if parking is not None:  # first: a held client sees the close at once
+            parking.close()
         super().server_close()
         while self._refused:  # serve_forever has returned: no other thread touches it
             self._refused.popleft()[1].close()
@@ -200,7 +400,14 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def respond(self, status: int, body: bytes, content_type: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # Every answer goes through here, send_error()'s too.
+        super().send_response(code, message)
+        for name, value in self.server.extra_headers:
+            self.send_header(name, value)
+
+    def render(self, status: int, body: bytes, content_type: str, headers: Sequence[tuple[str, str]] = ()) -> bytes:
+        """The whole answer, as :meth:`respond` sends it (a parked answer is sent by the parking thread)."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -210,12 +417,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         # end_headers() would flush the headers alone: the body goes in the same write.
         buffer = self._headers_buffer
-        self.connection.settimeout(self.timeout)  # a read may have left it at a request's last ms
         buffer.append(b"\r\n")
         if self.command != "HEAD":
             buffer.append(body)
-        self.wfile.write(b"".join(buffer))
+        data = b"".join(buffer)
         buffer.clear()
+        return data
+
+    def respond(self, status: int, body: bytes, content_type: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        data = self.render(status, body, content_type, headers)
+        self.connection.settimeout(self.timeout)  # a read may have left it at a request's last ms
+        self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         # Request lines and statuses only: never headers (they may carry a token).
@@ -231,6 +443,10 @@ class Running:
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=thread_name, daemon=True)
         self._thread.start()
+
+    @property
+    def server(self) -> Server:
+        return self._server
 
     @property
     def host(self) -> str:

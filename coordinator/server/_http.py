@@ -20,10 +20,31 @@ The only deliberate differences:
 - Optional bearer token on PUT (sglang issue #39400): 401 without it. GETs stay open
   because upstream decode instances send no token.
 
+Our extensions, which SGLang's clients never use, so that parity holds without them:
+
+- Every answer (every status, every path) carries ``X-Prefill-Startup-Generation``, an id
+  drawn when the server object is made (a restart changes it), and
+  ``X-Prefill-Startup-Long-Poll: 30``, the longest ``wait`` taken. Headers only: upstream's
+  decode builds ``PrefillServerInfo(**json)``, which an unknown key would break.
+- Long-poll: the topology lookup (all four ``-1``) with ``&wait=S`` (0 < S <= 30) and
+  optionally ``&seen=G``. ``seen`` other than our generation: answered at once (the client
+  learns of a restart in one round trip). Else, instance incomplete: held until it
+  completes (200) or S passes (the current 503). Else (complete): held S with ``seen``
+  (then the 200: nothing changes within one server, but a held connection resets the
+  moment this server dies), at once without. ``wait`` on a rank lookup, or a bad value,
+  is a 400 naming the parameter; ``seen`` without ``wait`` is ignored, as upstream
+  ignores unknown parameters.
+
+Why held requests go to one parking thread (:meth:`._base.Server.park`) rather than an
+asyncio server: a held long-poll then costs a socket, not a thread (1,000 waiting decode
+instances, one thread), while everything else keeps the thread-per-connection base whose
+bounds and wire parity are tested; an asyncio rewrite would redo both for no other gain.
+
 Transport bounds, which no well-behaved client meets (see :mod:`._base`): bodies are
 bounded (413 over 64 KiB, 411 without Content-Length, 400 with two), a request has 10 s
 in all, at most 1024 connections are served at once (503 beyond), each on its own
-thread, so one slow client cannot stall the others.
+thread, so one slow client cannot stall the others; at most 4096 long-polls are held
+(they hold no thread: beyond, one is answered at once).
 """
 
 from __future__ import annotations
@@ -31,15 +52,21 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import secrets
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
 from coordinator import validate
 from coordinator.protocol import (
+    GENERATION_HEADER,
     HEALTH_PATH,
+    LONG_POLL_HEADER,
     QUERY_FIELDS,
     ROUTE_PATH,
+    SEEN_PARAM,
     TOPOLOGY_KEY,
+    WAIT_PARAM,
     PayloadError,
     RankKey,
     bootstrap_url,
@@ -49,13 +76,16 @@ from coordinator.server._registry import Registry, Rejected
 from coordinator.server._base import Handler, Running, Server
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_WAIT_S = 30  # the longest long-poll, advertised in LONG_POLL_HEADER
 _log = logging.getLogger("coordinator.bootstrap_server")
 
 
 class _HTTPServer(Server):
-    def __init__(self, address: tuple[str, int], registry: Registry, token: str | None) -> None:
+    def __init__(self, address: tuple[str, int], registry: Registry, token: str | None, generation: str) -> None:
         self.registry = registry
         self.expected_auth = None if token is None else b"Bearer " + token.encode()
+        self.generation = generation
+        self.extra_headers = ((GENERATION_HEADER, generation), (LONG_POLL_HEADER, str(MAX_WAIT_S)))
         super().__init__(address, _Handler)
 
 
@@ -100,12 +130,14 @@ class _Handler(Handler):
             self._reply(400, f"body is not valid JSON: {exc}")
             return
         try:
-            self.server.registry.register(validate_payload(payload))
+            completed = self.server.registry.register(validate_payload(payload))
         except PayloadError as exc:
             self._reply(400, str(exc))
         except Rejected as exc:
             self._reply(exc.status, str(exc))
         else:
+            if completed:
+                self.server.wake_parked()
             self._reply(200, "OK")
 
     def _authorized(self) -> bool:
@@ -153,27 +185,60 @@ class _Handler(Handler):
         except ValueError as exc:
             self._reply(400, str(exc))
             return
+        key = (dp, cp, tp, pp)
+        if WAIT_PARAM in params:
+            try:
+                wait, seen = _long_poll_params(params, key)
+            except ValueError as exc:
+                self._reply(400, str(exc))
+                return
+            if self._park(wait, seen):
+                return
+        self._reply(*self._route_answer(key, texts))
+
+    def _route_answer(self, key: RankKey, texts: list[str]) -> tuple[int, str | dict[str, Any]]:
         registry = self.server.registry
         topology = registry.topology()
         if topology is None:  # every GET, rank lookups included, as upstream
             registered, expected, _ = registry.counts()
             of = "" if expected is None else f" of {expected}"
-            self._reply(503, f"Prefill server not fully registered yet ({registered}{of} workers registered).")
-        elif (dp, cp, tp, pp) == TOPOLOGY_KEY:
-            self._reply(200, topology)
-        else:
-            info = registry.lookup((dp, cp, tp, pp))
-            if info is not None:
-                self._reply(200, info)
-            else:  # upstream's text, the values as the query wrote them
-                self._reply(404, "Bootstrap info not found for dp_rank={} cp_rank={} tp_rank={} pp_rank={}"
-                            .format(*texts))
+            return 503, f"Prefill server not fully registered yet ({registered}{of} workers registered)."
+        if key == TOPOLOGY_KEY:
+            return 200, topology
+        info = registry.lookup(key)
+        if info is not None:
+            return 200, info
+        # upstream's text, the values as the query wrote them
+        return 404, "Bootstrap info not found for dp_rank={} cp_rank={} tp_rank={} pp_rank={}".format(*texts)
+
+    def _park(self, wait: float, seen: str | None) -> bool:
+        """Hand a topology long-poll that must wait to the parking thread; False: answer it now."""
+        server = self.server
+        if seen is not None and seen != server.generation:
+            return False  # the client resolved another server: it must learn of the restart now
+        incomplete = server.registry.topology() is None
+        if not incomplete and seen is None:
+            return False
+
+        def answer(timed_out: bool) -> bytes | None:  # on the parking thread, this handler done
+            # Held for completion, or (complete, our generation seen) for the whole wait.
+            if not timed_out and (not incomplete or server.registry.topology() is None):
+                return None
+            return self._render(*self._route_answer(TOPOLOGY_KEY, []))
+
+        # Set before the hand-over: the parking thread may render at once, and its answer closes.
+        closing, self.close_connection = self.close_connection, True
+        if server.park(self.connection, time.monotonic() + wait, answer):
+            return True
+        self.close_connection = closing
+        return False
+
+    def _render(self, status: int, body: str | dict[str, Any]) -> bytes:
+        data, ctype = _encode(body)
+        return self.render(status, data, ctype)
 
     def _reply(self, status: int, body: str | dict[str, Any], *header: tuple[str, str]) -> None:
-        if isinstance(body, dict):
-            data, ctype = json.dumps(body).encode(), "application/json"
-        else:
-            data, ctype = body.encode(), "text/plain; charset=utf-8"
+        data, ctype = _encode(body)
         if not self._body_read and self._has_body():
             # Unread body bytes would be parsed as the next request on this connection.
             self.close_connection = True
@@ -184,6 +249,24 @@ class _Handler(Handler):
             "Transfer-Encoding" in self.headers
             or self.headers.get("Content-Length", "0").strip() != "0"
         )
+
+
+def _encode(body: str | dict[str, Any]) -> tuple[bytes, str]:
+    if isinstance(body, dict):
+        return json.dumps(body).encode(), "application/json"
+    return body.encode(), "text/plain; charset=utf-8"
+
+
+def _long_poll_params(params: dict[str, list[str]], key: RankKey) -> tuple[float, str | None]:
+    """(wait, seen) of a long-poll query, or ValueError naming the parameter."""
+    field = f"query parameter {WAIT_PARAM!r}"
+    if key != TOPOLOGY_KEY:
+        raise ValueError(f"{field} is only for the topology lookup (all four query values -1)")
+    wait = validate.number(params[WAIT_PARAM][0], field, positive=True)
+    if wait > MAX_WAIT_S:
+        raise ValueError(f"{field} must be <= {MAX_WAIT_S}, got {params[WAIT_PARAM][0]!r}")
+    seen = params.get(SEEN_PARAM)
+    return wait, None if seen is None else validate.token(seen[0], f"query parameter {SEEN_PARAM!r}")
 
 
 class BootstrapServer:
@@ -204,6 +287,8 @@ class BootstrapServer:
         self._port = validate.port(port, "port", allow_zero=True)  # 0: any free port
         self._token = None if token is None else validate.token(token)
         self._registry = Registry()
+        # An identifier, not a jitter: random, so that a restart at the same address changes it.
+        self._generation = secrets.token_hex(8)
         self._running: Running | None = None
         self._closed = False
 
@@ -217,7 +302,8 @@ class BootstrapServer:
     def start(self) -> BootstrapServer:
         if self._running is not None or self._closed:
             raise RuntimeError("BootstrapServer can be started only once")
-        self._running = Running(_HTTPServer((self._host, self._port), self._registry, self._token), "bootstrap-server")
+        self._running = Running(_HTTPServer((self._host, self._port), self._registry, self._token, self._generation),
+                                "bootstrap-server")
         self._port = self._running.port
         _log.debug("bootstrap server listening on %s", self.base_url)
         return self
@@ -248,6 +334,16 @@ class BootstrapServer:
     @property
     def base_url(self) -> str:
         return self.url.removesuffix(ROUTE_PATH)
+
+    @property
+    def generation(self) -> str:
+        """This server's id (16 hex digits), sent in every answer's ``X-Prefill-Startup-Generation``."""
+        return self._generation
+
+    @property
+    def parked(self) -> int:
+        """Long-polls held right now (0 unless running)."""
+        return 0 if self._running is None else self._running.server.parked
 
     @property
     def registered_count(self) -> int:

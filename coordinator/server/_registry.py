@@ -51,11 +51,13 @@ class Registry:
         self._ranks: dict[RankKey, dict[str, Any]] = {}
         self._puts = 0
 
-    def register(self, p: Mapping[str, Any]) -> None:
-        """Store one validated payload, or raise Rejected."""
+    def register(self, p: Mapping[str, Any]) -> bool:
+        """Store one validated payload, or raise Rejected. True when this one completed
+        the instance (the server then answers the long-polls it holds)."""
         key = rank_key(p)
         alike = {name: p.get(name, default) for name, (default, _) in _ALIKE.items()}
         with self._lock:
+            was_complete = self._complete()
             if self._topology is None:
                 self._topology = {
                     "attn_tp_size": p["attn_tp_size"],
@@ -80,6 +82,7 @@ class Registry:
                     topology[name] = p.get(name)
             self._ranks[key] = {"rank_ip": p["rank_ip"], "rank_port": p["rank_port"]}
             self._puts += 1
+            return not was_complete and self._complete()
 
     def _check_matches(self, p: Mapping[str, Any], alike: Mapping[str, Any], topology: Mapping[str, Any]) -> None:
         for name, (_, upstream_text) in _ALIKE.items():
@@ -100,6 +103,9 @@ class Registry:
         size: int = t["dp_size"] * t["attn_cp_size"] * t["attn_tp_size"] * t["pp_size"]
         return size
 
+    def _complete(self) -> bool:  # caller holds the lock
+        return self._topology is not None and len(self._ranks) == self._expected()
+
     def counts(self) -> tuple[int, int | None, int]:
         """(distinct ranks, expected ranks or None before the first PUT, accepted PUTs)."""
         with self._lock:
@@ -109,7 +115,7 @@ class Registry:
         """The topology answer (SGLang's, key for key) once every expected rank is
         registered, else None."""
         with self._lock:
-            if self._topology is None or len(self._ranks) != self._expected():
+            if self._topology is None or not self._complete():
                 return None
             info = PrefillInfo(**self._topology)
         return info.topology_json()

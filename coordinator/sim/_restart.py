@@ -36,6 +36,7 @@ from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.protocol import (
     GENERATION_HEADER,
     LONG_POLL_HEADER,
+    SEEN_PARAM,
     TOPOLOGY_KEY,
     WAIT_PARAM,
     PrefillInfo,
@@ -145,8 +146,10 @@ def draw_restart_trials(scenario: RestartScenario) -> list[RestartTrial]:
 class RestartTransport:
     """The LookupTransport of one simulated decode instance: the trial's bootstrap server, by
     phase, on the decode instance's clock. With ``long_poll_s``, it answers as our server
-    does: it advertises long-polls and holds a ``&wait=S`` GET until the instance completes,
-    ``S`` passes, or the server dies (the held connection is reset at ``T``)."""
+    does: it advertises long-polls and holds a ``&wait=S`` GET while its answer is the one the
+    client waits to see change (``&seen=G``: complete with generation G; without: not complete)
+    until it changes (the instance completes, or the server dies: the held connection is reset
+    at ``T``) or ``S`` passes."""
 
     def __init__(self, trial: RestartTrial, clock: FakeClock, latency_s: float, long_poll_s: float = 0.0) -> None:
         self._trial, self._clock, self._half = trial, clock, latency_s / 2
@@ -171,14 +174,14 @@ class RestartTransport:
             return _HORIZON
         query = urlsplit(url).query
         topology = query.startswith(_TOPOLOGY_QUERY)
-        waits = parse_qs(query).get(WAIT_PARAM)
+        params = parse_qs(query)
+        waits, seen = params.get(WAIT_PARAM), params.get(SEEN_PARAM)
         arrive = now + self._half
         if topology:
             self.checks.append(arrive)
         phase = trial.phase(arrive)
         answered = arrive
-        if waits and phase != _DOWN:
-            # Held until what the server would answer changes: it completes or it dies.
+        if waits and phase == (seen[0] if seen else _PENDING):
             change = trial.restart_at if phase == _A else trial.complete_at if phase == _PENDING else math.inf
             answered = min(arrive + float(waits[0]), change)
             phase = trial.phase(answered)
