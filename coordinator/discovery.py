@@ -158,7 +158,6 @@ class Discovery(Driver[LookupTransport]):
         grace_s: float = DEFAULT_GRACE_S,
     ) -> None:
         base = base_url(bootstrap)
-        validate.flag(watch, "watch")
         self._interval = validate.finite("watch_interval_s", watch_interval_s, positive=True)
         self._grace = validate.finite("grace_s", grace_s, positive=False)
         self._targets = _check_targets(targets)
@@ -172,7 +171,7 @@ class Discovery(Driver[LookupTransport]):
                          transport=transport or HttpTransport(session))
         self._topology: PrefillInfo | None = None
         self._ranks: dict[RankKey, Address] = {}
-        self._watch = watch
+        self._enable_watch(watch)
         self._generation: str | None = None  # our server's, as of the resolved answer
         self._long_poll_s = 0.0  # > 0 once our server advertised long-polls
         self._gone_since: float | None = None
@@ -201,8 +200,9 @@ class Discovery(Driver[LookupTransport]):
         # pending pace, so the new instance is seen soon after it is (refusals cost it nothing).
         base = 0.1 if long_poll else GONE_CHECK_S if self._gone_since is not None else self._interval
         pause = base * (0.5 + self._rng.random())
-        self._clock.sleep(pause, self._wake)
-        if self._wake.is_set():
+        assert self._watch is not None
+        self._clock.sleep(pause, self._watch.wake)
+        if self._watch.wake.is_set():
             return  # stop() or invalidate()
         cause = self._check(long_poll)
         if cause is not None and not self._cancel.is_set():

@@ -91,6 +91,17 @@ class _Model:
         return bool(_MACHINE.events[name].trigger(self, **event))
 
 
+class _Watch:
+    """A watcher's two events: ``wake`` interrupts its wait (stop(), invalidate()), ``settled``
+    is set while its snapshot is terminal (what ``wait()`` waits for)."""
+
+    __slots__ = ("wake", "settled")
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.settled = threading.Event()
+
+
 class Driver(Generic[T]):
     """Drives one startup machine by ``policy``; see :class:`~coordinator.Registration`.
 
@@ -149,11 +160,9 @@ class Driver(Generic[T]):
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._crash: AssertionError | None = None  # a test's fake failing on the background thread
-        self._watch = False  # a subclass that keeps checking after REGISTERED sets it
-        self._wake = threading.Event()  # interrupts a sleep: stop() or invalidate()
+        self._watch: _Watch | None = None  # a driver made with watch=True: see _enable_watch
         # Why REGISTERED no longer holds, until the driver acts on it: (a bounded code for metrics, a message).
         self._invalidation: tuple[str, str] | None = None
-        self._settled = threading.Event()  # set while the snapshot is terminal
         self._listeners: list[Listener] = []
         self._lanes = NO_FAILURES  # handed from one retry decision to the next attempt's
         now = self._clock.now()
@@ -173,7 +182,13 @@ class Driver(Generic[T]):
         """While REGISTERED and watching: wait for the next check, make it, and call
         :meth:`invalidate` when what was resolved no longer holds. By default only an
         explicit ``invalidate()`` (or ``stop()``) ends the wait."""
-        self._wake.wait()
+        assert self._watch is not None
+        self._watch.wake.wait()
+
+    def _enable_watch(self, watch: bool) -> None:
+        """For the subclass's ``watch=`` (only watchers pay for the two events)."""
+        if validate.flag(watch, "watch"):
+            self._watch = _Watch()
 
     def _forget(self) -> None:
         """On INVALIDATE: drop what the attempts had learnt (a subclass's caches)."""
@@ -232,7 +247,7 @@ class Driver(Generic[T]):
         ``start()`` does on a thread of its own."""
         if self._thread is not None:
             raise RuntimeError(f"{self.kind} runs in the background: use wait()")
-        if watch and not self._watch:
+        if watch and self._watch is None:
             raise RuntimeError(f"{self.kind} was not made with watch=True")
         snapshot = self._guarded_run(keep_watching=watch)
         if self._crash is not None:
@@ -262,8 +277,8 @@ class Driver(Generic[T]):
         script run past its end), so the test sees it."""
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            if self._watch:
-                self._settled.wait(timeout)
+            if self._watch is not None:
+                self._watch.settled.wait(timeout)
             else:
                 thread.join(timeout)
         if self._crash is not None:
@@ -275,16 +290,17 @@ class Driver(Generic[T]):
         instance restarted): the driver goes back to REGISTERING and resolves again through
         the normal lanes. Only for a driver made with ``watch=True``; a no-op unless REGISTERED.
         Thread-safe: the driver's own thread (or the next ``poll()``) fires the trigger."""
-        if not self._watch:
+        if self._watch is None:
             raise RuntimeError(f"{self.kind} was not made with watch=True: REGISTERED is final for it")
         validate.name(cause, "cause")
         self._invalidation = ("asked", cause)
-        self._wake.set()
+        self._watch.wake.set()
 
     def stop(self, timeout: float | None = None) -> Snapshot:
         """Cancel: the driver ends FAILED with reason "cancelled" unless already terminal."""
         self._cancel.set()
-        self._wake.set()
+        if self._watch is not None:
+            self._watch.wake.set()
         self._transport.abort()
         if self._thread is threading.current_thread():
             pass  # called from a listener or hook: the driver thread ends the run on its next step
@@ -294,7 +310,7 @@ class Driver(Generic[T]):
             # No driver running: this thread may take the cancelling step itself.
             try:
                 self._step()
-                if self._watch and self._snapshot.state is State.REGISTERED:
+                if self._watch is not None and self._snapshot.state is State.REGISTERED:
                     self._transport.close()  # a watcher kept it open
             finally:
                 self._drive.release()
@@ -320,12 +336,12 @@ class Driver(Generic[T]):
                 self._step()
                 snapshot = self._snapshot
             if snapshot.terminal:
-                if not (keep_watching and self._watch and snapshot.state is State.REGISTERED):
+                if not (keep_watching and self._watch is not None and snapshot.state is State.REGISTERED):
                     return snapshot
                 if self._cancel.is_set():
                     self._transport.close()  # kept open while watching
                     return snapshot
-                self._wake.clear()
+                self._watch.wake.clear()
                 if self._invalidation is None and not self._cancel.is_set():
                     self._watch_once()
                 continue
@@ -377,12 +393,13 @@ class Driver(Generic[T]):
         changes.setdefault("next_attempt_at", None)  # only a move to BACKOFF sets it
         self._snapshot = snapshot = replace(prev, state=after, state_since=at, taken_at=at, seq=prev.seq + 1,
                                             **changes)
-        if snapshot.terminal:
-            if not (self._watch and after is State.REGISTERED):
-                self._transport.close()
-            self._settled.set()
-        else:
-            self._settled.clear()
+        if snapshot.terminal and not (self._watch is not None and after is State.REGISTERED):
+            self._transport.close()
+        if self._watch is not None:
+            if snapshot.terminal:
+                self._watch.settled.set()
+            else:
+                self._watch.settled.clear()
         if self._hooks:  # no records for nobody (a simulated fleet has no hooks)
             if attempt is not None:
                 outcome, decision, began = attempt

@@ -60,7 +60,7 @@ class Registration(Driver[Transport]):
                          transport=transport or HttpTransport(session, token=token))
         # A rank re-registers only when asked (invalidate()): its own bootstrap server restarting
         # is for its owner to notice; watching it from every rank would multiply the load.
-        self._watch = validate.flag(watch, "watch")
+        self._enable_watch(watch)
 
     def start(self) -> Registration:
         super().start()
