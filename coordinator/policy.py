@@ -162,7 +162,7 @@ def retry_after_seconds(outcome: Outcome) -> float | None:
     value = (outcome.retry_after or "").strip()
     if not value:
         return None
-    if value.isascii() and value.isdigit():  # str.isdigit() alone admits "²"
+    if validate.is_digits(value):
         return float(value)
     if not outcome.date:
         return None

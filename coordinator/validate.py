@@ -21,9 +21,14 @@ _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
+def is_digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit()`` alone admits "²" and "١"."""
+    return _DIGITS.fullmatch(text) is not None
+
+
 def digits(text: object, field: str) -> int:
     """A non-negative integer written in ASCII digits only, nothing else."""
-    if not isinstance(text, str) or not _DIGITS.fullmatch(text) or len(text) > 18:
+    if not isinstance(text, str) or not is_digits(text) or len(text) > 18:
         raise ValueError(f"{field} must be a non-negative integer in ASCII digits, got {text!r}")
     return int(text)
 

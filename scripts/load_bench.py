@@ -27,6 +27,7 @@ from typing import Any
 
 from coordinator import BootstrapServer, Registration, RetryPolicy, Snapshot
 from coordinator.clock import SystemClock
+from coordinator.protocol import ROUTE_PATH
 from coordinator.testing import example_payload
 from coordinator.testing import free_port
 from states import State
@@ -52,7 +53,7 @@ def _client_process(port: int, ranks: list[list[int]], total: int, keep_alive: b
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                 began = time.perf_counter()
                 try:
-                    conn.request("PUT", "/route", json.dumps(example_payload(rank, total)), HEADERS)
+                    conn.request("PUT", ROUTE_PATH, json.dumps(example_payload(rank, total)), HEADERS)
                     response = conn.getresponse()
                     response.read()
                     ok = response.status == 200
@@ -107,7 +108,7 @@ def kept_alive_latency(requests: int) -> dict[str, float]:
         try:
             for i in range(requests + 1):
                 began = time.perf_counter()
-                conn.request("PUT", "/route", json.dumps(example_payload(0)), HEADERS)
+                conn.request("PUT", ROUTE_PATH, json.dumps(example_payload(0)), HEADERS)
                 conn.getresponse().read()
                 took.append(time.perf_counter() - began)
         finally:

@@ -16,38 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tick_bench import WORK_S, hanging_server  # noqa: E402 - the same hanging server
+from tick_bench import _figures, _loop, hanging_server  # noqa: E402 - the same server, loop and figures
 
 from coordinator.testing import _sglang_release as sr  # noqa: E402
 
 
 def _ticks(queue: Any, addr: str, seconds: float) -> list[float]:
     reqs = [SimpleNamespace(kv_receiver=None)]
-    durations: list[float] = []
-    end = time.perf_counter() + seconds
-    while (began := time.perf_counter()) < end:
-        queue._ensure_prefill_info({addr: reqs})
-        spin_until = time.perf_counter() + WORK_S
-        while time.perf_counter() < spin_until:
-            pass
-        durations.append(time.perf_counter() - began)
-    return durations
-
-
-def _figures(durations: list[float]) -> dict[str, Any]:
-    ordered = sorted(durations)
-    return {"ticks": len(ordered), "p50_ms": statistics.median(ordered) * 1e3,
-            "p99_ms": ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] * 1e3, "max_ms": ordered[-1] * 1e3}
+    return _loop(seconds, lambda _: queue._ensure_prefill_info({addr: reqs}))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import socket
 import statistics
 import sys
@@ -25,9 +26,10 @@ from typing import Any
 import requests
 
 from coordinator import Discovery, RetryPolicy
+from coordinator.protocol import ROUTE_PATH, TOPOLOGY_KEY, route_query
 
 WORK_S = 50e-6
-QUERY = "/route?prefill_dp_rank=-1&prefill_cp_rank=-1&target_tp_rank=-1&target_pp_rank=-1"
+QUERY = f"{ROUTE_PATH}?{route_query(TOPOLOGY_KEY)}"
 
 
 @contextlib.contextmanager
@@ -72,7 +74,7 @@ def _loop(seconds: float, tick: Callable[[float], None]) -> list[float]:
 def _figures(durations: list[float]) -> dict[str, Any]:
     ordered = sorted(durations)
     return {"ticks": len(ordered), "p50_ms": statistics.median(ordered) * 1e3,
-            "p99_ms": ordered[int(0.99 * (len(ordered) - 1))] * 1e3, "max_ms": ordered[-1] * 1e3}
+            "p99_ms": ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] * 1e3, "max_ms": ordered[-1] * 1e3}
 
 
 def ours(port: int, seconds: float) -> dict[str, Any]:

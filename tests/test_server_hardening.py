@@ -20,21 +20,11 @@ from coordinator.health import _server as health_server
 from coordinator.protocol import AnswerError, parse_rank, validate_payload
 from coordinator.server import _http as bootstrap_http
 from coordinator.server._base import Server
+from coordinator.testing import http_request as request
 from coordinator.testing import ScriptedTransport, example_payload
 
 TOPOLOGY_PATH = "/route?prefill_dp_rank=-1&prefill_cp_rank=-1&target_tp_rank=-1&target_pp_rank=-1"
 WAIT_S = 5.0  # the most any wait on a real loopback server here may take
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
-    try:
-        conn.request(method, path, body, headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
 
 
 def put(port: int, payload: Any) -> tuple[int, str]:

@@ -20,6 +20,7 @@ from coordinator import discovery as discovery_module
 from coordinator.outcome import Outcome
 from coordinator.protocol import GENERATION_HEADER, LONG_POLL_HEADER
 from coordinator.server import _http as bootstrap_http
+from coordinator.testing import http_request as request
 from coordinator.testing import example_payload
 from coordinator.transport import HttpTransport
 
@@ -27,17 +28,6 @@ TOPOLOGY = "/route?prefill_dp_rank=-1&prefill_cp_rank=-1&target_tp_rank=-1&targe
 RANK = "/route?prefill_dp_rank=0&prefill_cp_rank=0&target_tp_rank=0&target_pp_rank=0"
 WAIT_S = 5.0  # the most any wait on a real loopback server here may take
 NOT_YET = b"Prefill server not fully registered yet (1 of 2 workers registered)."
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
-    try:
-        conn.request(method, path, body, headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
 
 
 def put(port: int, rank: int, total: int = 2, rank_port: int = 17000) -> int:

@@ -155,7 +155,7 @@ class _Handler(Handler):
             self._reply(411, "Content-Length is required")
             return None
         raw = raw.strip()
-        if not (raw.isascii() and raw.isdigit()):
+        if not validate.is_digits(raw):
             self._reply(400, "Content-Length is not a non-negative integer")
             return None
         digits = raw.lstrip("0") or "0"

@@ -25,7 +25,7 @@ from typing import Any
 
 from coordinator.clock import FakeClock, seeded_rng
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.validate import finite
+from coordinator.validate import finite, int_in
 
 URL = "http://bootstrap.sim:8998/route"
 BOOTSTRAP = "bootstrap.sim:8998"
@@ -66,10 +66,7 @@ class Scenario:
             if name != "latency_s" and value > MAX_SPAN_S:
                 raise ValueError(f"Scenario.{name} must be <= {MAX_SPAN_S:g} s, got {value}")
         if self.capacity is not None:
-            if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
-                raise TypeError(f"Scenario.capacity must be an int or None, got {type(self.capacity).__name__}")
-            if self.capacity < 1:
-                raise ValueError(f"Scenario.capacity must be >= 1, got {self.capacity}")
+            int_in(self.capacity, "Scenario.capacity", low=1)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -99,11 +96,8 @@ def draw_trials(scenario: Scenario, *, ranks: int, trials: int, seed: int) -> li
 
 
 def check_counts(ranks: int, trials: int) -> None:
-    for name, value, high in (("ranks", ranks, MAX_RANKS), ("trials", trials, None)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < 1 or (high is not None and value > high):
-            raise ValueError(f"{name} must be in [1, {high or 'inf'}], got {value}")
+    int_in(ranks, "ranks", low=1, high=MAX_RANKS)
+    int_in(trials, "trials", low=1)
 
 
 class PrefillServer:

@@ -9,7 +9,7 @@ tests on real sockets, ``FaultServer`` (byte-level faults) and ``TimingTransport
 from coordinator.clock import FakeClock
 from coordinator.testing._examples import example_payload
 from coordinator.testing._scripted import Call, ScriptedTransport, ScriptError, ScriptExhausted, Step, TimingTransport
-from coordinator.testing.faultserver import FaultServer, free_port, ipv6_available
+from coordinator.testing.faultserver import FaultServer, free_port, http_request, ipv6_available
 
 __all__ = ["Call", "FakeClock", "FaultServer", "ScriptError", "ScriptExhausted", "ScriptedTransport", "Step", "TimingTransport",
-           "example_payload", "free_port", "ipv6_available"]
+           "example_payload", "free_port", "http_request", "ipv6_available"]

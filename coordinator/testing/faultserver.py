@@ -27,6 +27,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable
 
+from coordinator.protocol import ROUTE_PATH
+
 __all__ = [
     "Action",
     "FaultServer",
@@ -34,6 +36,7 @@ __all__ = [
     "close_without_answer",
     "forward",
     "free_port",
+    "http_request",
     "hang",
     "ipv6_available",
     "oversized_body",
@@ -71,6 +74,20 @@ def ipv6_available() -> bool:
     except OSError:
         return False
     return True
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None, *, host: str = "127.0.0.1",
+                 timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection, exactly as given (no client-side rules):
+    (status, headers, body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body, headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -478,7 +495,7 @@ class FaultServer:
 
     @property
     def url(self) -> str:
-        return self.base_url + "/route"
+        return self.base_url + ROUTE_PATH
 
     @property
     def request_count(self) -> int:
