@@ -57,6 +57,7 @@ def sglang(conn: ModuleType, decode: ModuleType, monkeypatch: pytest.MonkeyPatch
         monkeypatch.setattr(cls, name, getattr(cls, name))  # monkeypatch restores it after the hook
     monkeypatch.setattr(conn, "requests", conn.requests)
     yield fw
+    _install.shutdown()  # the Discoveries the hooks started
     fw.reset()
 
 
@@ -368,3 +369,43 @@ def test_probes_in_one_process_show_drivers_of_two_others_one_killed(tmp_path: P
                 p.wait(10)
                 if p.stdout is not None:
                     p.stdout.close()
+
+
+def test_a_prefill_restart_drops_sglangs_cached_info_and_ports_through_its_own_path(
+        sglang: sr.PluginFramework, conn: ModuleType) -> None:
+    from coordinator import BootstrapServer
+
+    sglang.load_plugins()  # PREFILL_STARTUP_WATCH defaults to true
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    manager = sr.make_kv_manager(conn)
+
+    def until(ready: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not ready():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+
+    first = BootstrapServer("127.0.0.1", port).start()
+    try:
+        for rank in range(2):
+            register_over_http(port, rank, 2)
+        until(lambda: manager.try_ensure_parallel_info(addr))
+        # What upstream's receivers cache per address: the rank ports they connect to.
+        manager.connection_pool[f"{addr}_0_0"] = [{"rank_ip": "127.0.0.1", "rank_port": 17000}]
+        old_info = manager.prefill_info_table[addr]
+    finally:
+        first.close()  # the prefill instance goes down: its long-polls close at once
+    second = BootstrapServer("127.0.0.1", port).start()  # back at the same address, a new generation
+    try:
+        assert second.generation != first.generation
+        # Invalidated: SGLang's own _handle_node_failure dropped its cached info and ports.
+        until(lambda: addr not in manager.prefill_info_table)
+        assert f"{addr}_0_0" not in manager.connection_pool
+        assert manager.try_ensure_parallel_info(addr) is False  # incomplete: nothing stale handed out
+        for rank in range(2):
+            register_over_http(second.port, rank, 2)
+        until(lambda: manager.try_ensure_parallel_info(addr))
+        assert manager.prefill_info_table[addr] is not old_info
+    finally:
+        second.close()

@@ -104,6 +104,14 @@ class DecodeSide:
         finally:
             self._ours.active = False
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every Discovery and wait for its thread (their sockets closed)."""
+        with self._lock:
+            found, self._discoveries = list(self._discoveries.values()), {}
+            self._asked.clear()
+        for discovery in found:
+            discovery.stop(timeout)
+
     def forget(self, addr: str) -> None:
         """Drop the address's Discovery: the next request for it starts a new one."""
         with self._lock:

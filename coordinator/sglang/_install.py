@@ -20,6 +20,13 @@ from coordinator.sglang._runtime import Runtime, resolve_state_dir
 log = logging.getLogger("coordinator.sglang")
 # Where the hooks take time from; a test replaces it with a FakeClock factory.
 clock_factory: Callable[[], Any] = SystemClock
+_sides: list[DecodeSide] = []  # this process's, for shutdown()
+
+
+def shutdown() -> None:
+    """Stop every Discovery the hooks started in this process (tests; an embedder's exit)."""
+    while _sides:
+        _sides.pop().close()
 
 
 def install(environ: MutableMapping[str, str] | None = None) -> Runtime | None:
@@ -39,6 +46,7 @@ def install(environ: MutableMapping[str, str] | None = None) -> Runtime | None:
         hooks.append(t.Hook(t.REGISTER_ROW, "AROUND", register_row(runtime)))
     if _usable(t.TRY_ENSURE, t.calls_module_requests_get) and _usable(t.ENSURE_INFO):
         side = DecodeSide(runtime, install_canned(sys.modules[t.CONN]))
+        _sides.append(side)
         hooks += [t.Hook(t.TRY_ENSURE, "AROUND", side.try_ensure), t.Hook(t.ENSURE_INFO, "AROUND", side.ensure)]
         if _usable(t.HANDLE_FAILURE):
             hooks.append(t.Hook(t.HANDLE_FAILURE, "AFTER", side.node_failed))
