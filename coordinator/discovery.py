@@ -122,7 +122,9 @@ class Discovery(Driver[LookupTransport]):
     ``(dp, cp, tp, pp)`` whose addresses to resolve. ``expect``: topology values this
     decode instance needs (e.g. ``{"page_size": 64, "kv_cache_dtype": "auto"}``); a
     topology that disagrees ends FAILED (``permanent``) naming the field and both values.
-    Default policy: :func:`default_policy`.
+    Default policy: :func:`default_policy`. ``clock``, ``rng``, ``session``, ``logger``,
+    ``hooks``, ``on_exhausted``, ``name`` and ``transport`` are as for
+    :class:`~coordinator.Registration` (a discovery is named after its bootstrap address).
 
     ``watch=True`` (with ``start()``): after REGISTERED it keeps checking, every
     ``watch_interval_s`` (jittered by half), with one topology GET, that the prefill

@@ -225,6 +225,8 @@ class Driver(Generic[T]):
         return self._transport
 
     def snapshot(self) -> Snapshot:
+        """The current frozen :class:`~coordinator.Snapshot`: from any thread, at any time,
+        never torn (the driver swaps in a whole new one at each transition)."""
         return self._snapshot
 
     def add_listener(self, listener: Listener) -> None:

@@ -28,6 +28,23 @@ class Registration(Driver[Transport]):
     ``run()`` blocks until REGISTERED or FAILED; ``poll()`` takes one step (an attempt
     blocks at most for its timeout; backoff is never waited on); ``start()`` runs it
     on a daemon thread. ``snapshot()`` may be called from any thread at any time.
+
+    Parameters (everything is checked here, before any network call; a bad value raises
+    ``ValueError``/``TypeError`` naming it):
+
+    - ``url``: the ``PUT /route`` URL (:func:`~coordinator.bootstrap_url` computes it as SGLang does).
+    - ``payload``: the registration body; SGLang's fields are checked (``PayloadError`` names
+      the field), unknown ones pass through.
+    - ``policy``: a :class:`~coordinator.RetryPolicy` (default: unlimited attempts within 120 s).
+    - ``clock``, ``rng``: where time and jitter come from (a ``FakeClock`` in tests).
+    - ``session``: a ``requests.Session`` of yours (proxies, TLS); ``token``: sent as
+      ``Authorization: Bearer``; ``transport``: replaces both (tests, simulations).
+    - ``logger``: a structlog-style logger for the default hooks; ``hooks``: the record
+      hooks instead of the defaults (``()`` for none).
+    - ``on_exhausted``: ``"raise"`` (``run()`` raises :class:`RegistrationFailed` on FAILED)
+      or ``"return"``.
+    - ``name``: how probes, logs, metrics and sd_notify label it (printable, at most 128).
+    - ``watch``: allow ``invalidate()`` to register it again after REGISTERED.
     """
 
     kind = Kind.REGISTRATION

@@ -150,6 +150,11 @@ TABLE: Final = (
 )
 
 
+def var(field: str) -> str:
+    """The variable of the setting ``field`` (e.g. ``var("state_dir")``)."""
+    return next(s.var for s in TABLE if s.field == field)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting's value, from its variable or its default (see :data:`TABLE`)."""

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from coordinator.protocol import PrefillInfo
 
 
+_INSTANTS = ("started_at", "state_since", "next_attempt_at", "taken_at")  # on the driver's monotonic clock
+
+
 class Kind(str, Enum):
     """Which side a driver serves; the value is what JSON, logs and metrics show."""
 
@@ -100,6 +103,16 @@ class Snapshot:
             seq=int(data["seq"]), name=data.get("name"), kind=Kind(data.get("kind", Kind.REGISTRATION.value)),
             deadline_s=data.get("deadline_s"), invalidations=int(data.get("invalidations", 0)),
         )
+
+    def report(self, now: float) -> dict[str, Any]:
+        """:meth:`to_dict` for people (probes' ``/status``, the CLI): the driver's clock is
+        monotonic, meaningless to a reader, so its instants become seconds relative to ``now``."""
+        out = self.to_dict(now)
+        for instant in _INSTANTS:
+            del out[instant]
+        out["started_s_ago"] = None if self.started_at is None else round(now - self.started_at, 6)
+        out["in_state_s"] = round(now - self.state_since, 6)
+        return out
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         """JSON-ready. With ``now`` (same clock), the wait until the next attempt too."""

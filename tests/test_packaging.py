@@ -87,3 +87,15 @@ def test_mypy_strict_on_a_users_file_outside_the_repository(tmp_path: Path) -> N
     """))
     r = run("-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), "user.py", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_help_describes_the_parameters_and_the_snapshot() -> None:
+    import pydoc
+
+    from coordinator import Discovery, Registration
+
+    text = pydoc.render_doc(Registration, renderer=pydoc.TextDoc())
+    for parameter in ("url", "payload", "policy", "clock", "token", "on_exhausted", "name", "watch"):
+        assert f"``{parameter}``" in text
+    assert Registration.snapshot.__doc__ and "any thread" in Registration.snapshot.__doc__
+    assert Discovery.__doc__ and "watch=True" in Discovery.__doc__

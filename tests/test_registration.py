@@ -367,3 +367,15 @@ def test_nothing_keeps_a_terminal_registration_alive(payload: dict[str, Any]) ->
     gc.collect()
     assert [r for r in refs if r() is not None] == []
     assert _MACHINE.models == []  # one Machine for the process; drivers never join its model list
+
+
+def test_the_report_shows_people_relative_seconds_never_monotonic_instants(clock: FakeClock,
+                                                                        payload: dict[str, Any]) -> None:
+    clock.advance(1266.68)  # a monotonic clock's value means nothing to a reader
+    reg = make(ScriptedTransport([], then="refused"), clock, payload)
+    reg.poll(), reg.poll()
+    clock.advance(0.1)
+    report = reg.snapshot().report(clock.now())
+    assert not {"started_at", "state_since", "next_attempt_at", "taken_at"} & set(report)
+    assert report["started_s_ago"] == pytest.approx(0.1) and report["in_state_s"] == pytest.approx(0.1)
+    assert "1266" not in json.dumps(report)

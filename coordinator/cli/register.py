@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     ended = drive(args, registration)
     # The final snapshot: on stdout when registered; where wait puts its failures (stderr) otherwise.
     registered = ended.snapshot.state is State.REGISTERED
-    print(json.dumps(ended.snapshot.to_dict()), file=sys.stdout if registered else sys.stderr)
+    print(json.dumps(ended.snapshot.report(ended.snapshot.taken_at)), file=sys.stdout if registered else sys.stderr)
     if ended.cancelled_status is not None:
         return ended.cancelled_status
     return EXIT_OK if ended.snapshot.state is State.REGISTERED else EXIT_FAILED

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     ended = drive(args, discovery)
     snapshot = ended.snapshot
     if ended.cancelled_status is not None or snapshot.state is not State.REGISTERED or snapshot.info is None:
-        print(json.dumps(snapshot.to_dict()), file=sys.stderr)  # stdout holds only the PrefillInfo
+        print(json.dumps(snapshot.report(snapshot.taken_at)), file=sys.stderr)  # stdout holds only the PrefillInfo
         if ended.cancelled_status is not None:
             return ended.cancelled_status
         return EXIT_TIMEOUT if snapshot.reason in ("deadline", "exhausted") else EXIT_FAILED

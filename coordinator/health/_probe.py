@@ -57,7 +57,7 @@ def probe(path: str, snapshot: Snapshot, now: float) -> tuple[int, dict[str, Any
     ok = _ok(path, snapshot)
     body = _summary(snapshot, now)
     if path == "/status":
-        body["snapshot"] = snapshot.to_dict(now)
+        body["snapshot"] = snapshot.report(now)
     body["ok"] = ok
     return (200 if ok else 503), body
 

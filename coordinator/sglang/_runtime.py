@@ -11,11 +11,11 @@ from typing import Any
 
 from coordinator.clock import Clock, Rng, SystemClock, entropy_rng
 from coordinator.policy import RetryPolicy
-from coordinator.settings import UNSET, Settings
+from coordinator.settings import UNSET, Settings, var
 from coordinator.state import Publisher, clean_stale
 
 log = logging.getLogger("coordinator.sglang")
-STATE_DIR_VAR = "PREFILL_STARTUP_STATE_DIR"
+STATE_DIR_VAR = var("state_dir")
 
 
 @dataclass
