@@ -409,3 +409,33 @@ def test_a_prefill_restart_drops_sglangs_cached_info_and_ports_through_its_own_p
         assert manager.prefill_info_table[addr] is not old_info
     finally:
         second.close()
+
+
+def test_requests_wait_while_the_lookup_runs_and_are_aborted_at_once_when_it_fails(
+        sglang: sr.PluginFramework, conn: ModuleType, decode: ModuleType, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("PREFILL_STARTUP_DEADLINE", "3")
+    monkeypatch.setattr(_install, "clock_factory", FakeClock)  # the Discovery's 3 s pass in a moment
+    sglang.load_plugins()
+    addr = f"127.0.0.1:{free_port()}"  # nothing listens: the Discovery ends FAILED at its deadline
+    queue = sr.make_prealloc_queue(decode, sr.make_kv_manager(conn))
+    aborted: list[str] = []
+    reqs = [SimpleNamespace(kv_receiver=SimpleNamespace(abort=lambda: aborted.append("abort")))]
+    held = 0
+    deadline = time.monotonic() + 10
+    with caplog.at_level(logging.ERROR):
+        while True:
+            ready, remaining = queue._ensure_prefill_info({addr: reqs})
+            assert not ready
+            if remaining != reqs:
+                break
+            held += 1
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    assert aborted == ["abort"]  # through upstream's own abort path, at the first call after FAILED
+    assert queue._ensure_retry_count == {}  # upstream cleared its own bookkeeping
+    [line] = [r.getMessage() for r in caplog.records if "prefill_startup.lookup_failed" in r.getMessage()]
+    assert addr in line and "FAILED (deadline)" in line
+    # A later request for the same address starts a new lookup rather than failing at once.
+    _, remaining = queue._ensure_prefill_info({addr: reqs})
+    assert remaining == reqs and aborted == ["abort"]
