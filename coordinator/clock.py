@@ -75,6 +75,11 @@ class FakeClock:
         return f"FakeClock(now={self._now})"
 
 
+# Sockets' deadlines and servers' time limits are real time, whatever clock a driver runs on
+# (tests drive drivers on a FakeClock, never the kernel's socket timeouts).
+REAL_TIME = SystemClock()
+
+
 def entropy_rng() -> random.Random:
     """A generator seeded from OS entropy: ranks that fail together must not draw together."""
     return random.Random()

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from coordinator.health._answer import answer, as_list
+from coordinator.health._answer import Probed, answer, as_list
 from coordinator.health._metrics import METRICS
 
 if TYPE_CHECKING:
@@ -19,14 +19,24 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def asgi(registration: Driver[Any] | Sequence[Driver[Any]], *, registry: Any = None) -> ASGIApp:
+def asgi(registration: Driver[Any] | Sequence[Driver[Any]] | Callable[[], Sequence[Probed]], *,
+         registry: Any = None) -> ASGIApp:
     """``app.mount("/startup", health.asgi(reg))``: /livez /readyz /startupz /status /metrics.
+
+    ``registration``: a driver, a list of them, or a callable giving the drivers anew for
+    each request (another process's published views, :func:`coordinator.state.read_published`).
 
     Reading a snapshot never blocks, so the probes answer straight from the event loop;
     ``/metrics`` collects a registry (seconds, with a big one or a slow custom collector),
     so it runs on the loop's default executor, never blocking the application's requests.
     """
-    drivers = as_list(registration)
+    if callable(registration) and not callable(getattr(registration, "snapshot", None)):
+        source: Callable[[], Sequence[Probed]] = registration
+    else:
+        fixed: Sequence[Probed] = as_list(registration)
+
+        def source() -> Sequence[Probed]:
+            return fixed
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # served on its own, the app has nothing to start
@@ -50,9 +60,9 @@ def asgi(registration: Driver[Any] | Sequence[Driver[Any]], *, registry: Any = N
             query = scope.get("query_string", b"").decode("latin-1")
             if path == METRICS:
                 status, ctype, body = await asyncio.get_running_loop().run_in_executor(
-                    None, answer, drivers, path, query, registry)
+                    None, answer, source(), path, query, registry)
             else:
-                status, ctype, body = answer(drivers, path, query, registry)
+                status, ctype, body = answer(source(), path, query, registry)
             extra = []
         headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()),
                    (b"cache-control", b"no-store"), *extra]

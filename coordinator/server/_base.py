@@ -42,13 +42,13 @@ import logging
 import selectors
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
 
+from coordinator.clock import REAL_TIME
 from coordinator.validate import url_host
 
 _log = logging.getLogger("coordinator.server")
@@ -148,7 +148,7 @@ class _Parking:
     def _run(self) -> None:
         deadlines: list[tuple[float, int, _Held]] = []
         while True:
-            timeout = max(0.0, deadlines[0][0] - time.monotonic()) if deadlines else None
+            timeout = max(0.0, deadlines[0][0] - REAL_TIME.now()) if deadlines else None
             ready = [key.data for key, _ in self._selector.select(timeout)]
             with self._lock:
                 incoming, self._incoming = self._incoming, []
@@ -173,7 +173,7 @@ class _Parking:
             # New ones too: the state may have changed between the handler's look and the hand-over.
             for held in list(self._held.values()) if poke else incoming:
                 self._settle(held, timed_out=False)
-            now = time.monotonic()
+            now = REAL_TIME.now()
             while deadlines and deadlines[0][0] <= now:
                 held = heapq.heappop(deadlines)[2]
                 if self._held.get(held.sock) is held:
@@ -278,13 +278,13 @@ class Server(ThreadingHTTPServer):
             request.send(self._over_capacity)
             request.shutdown(socket.SHUT_WR)
         if len(self._refused) < self.max_connections:  # lingering sockets are bounded too
-            self._refused.append((time.monotonic() + self.refused_linger, request))
+            self._refused.append((REAL_TIME.now() + self.refused_linger, request))
         else:
             _close_drained(request)
 
     def service_actions(self) -> None:
         # serve_forever calls it on the accepting thread, the only one touching _refused.
-        now = time.monotonic()
+        now = REAL_TIME.now()
         while self._refused and self._refused[0][0] <= now:
             _close_drained(self._refused.popleft()[1])
 
@@ -362,13 +362,13 @@ class _RequestReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         timeout = self._idle
         if self.deadline is not None:
-            timeout = min(timeout, self.deadline - time.monotonic())
+            timeout = min(timeout, self.deadline - REAL_TIME.now())
             if timeout <= 0:
                 raise TimeoutError(f"request not complete within {self._total:g} s")
         self._sock.settimeout(timeout)
         n = self._sock.recv_into(buffer)
         if n and self.deadline is None:
-            self.deadline = time.monotonic() + self._total
+            self.deadline = REAL_TIME.now() + self._total
         return n
 
 

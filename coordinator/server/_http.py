@@ -53,11 +53,11 @@ import hmac
 import json
 import logging
 import secrets
-import time
 from typing import Any
 from urllib.parse import parse_qs
 
 from coordinator import validate
+from coordinator.clock import REAL_TIME
 from coordinator.protocol import (
     GENERATION_HEADER,
     HEALTH_PATH,
@@ -228,7 +228,7 @@ class _Handler(Handler):
 
         # Set before the hand-over: the parking thread may render at once, and its answer closes.
         closing, self.close_connection = self.close_connection, True
-        if server.park(self.connection, time.monotonic() + wait, answer):
+        if server.park(self.connection, REAL_TIME.now() + wait, answer):
             return True
         self.close_connection = closing
         return False

@@ -27,6 +27,12 @@ from states import State
 log = logging.getLogger("coordinator.sglang")
 
 
+def _cached(manager: Any, addr: str, found: Discovery | None) -> bool:
+    """Upstream has the address's info cached, and our Discovery has not invalidated it since
+    (its ``info`` turns None before the plugin drops upstream's cache: trust neither between)."""
+    return addr in manager.prefill_info_table and (found is None or found.info is not None)
+
+
 class DecodeSide:
     """The Discoveries of one decode process, by bootstrap address (``host:port``)."""
 
@@ -51,9 +57,6 @@ class DecodeSide:
         if found is None and addr not in self._asked:
             self._ask(addr)
         return found
-
-    def upstream_serves(self, addr: str) -> bool:
-        return addr in self._upstream
 
     # -- building, off the scheduler thread -----------------------------------
 
@@ -129,8 +132,8 @@ class DecodeSide:
             return original(manager, addr)  # upstream's to serve
         self._managers.setdefault(addr, manager)
         found = self.discovery(addr)
-        if addr in manager.prefill_info_table and (found is None or found.info is not None):
-            return original(manager, addr)  # cached, and not invalidated since: no I/O
+        if _cached(manager, addr, found):
+            return original(manager, addr)  # no I/O
         if found is None:
             return False
         info = found.info
@@ -151,8 +154,8 @@ class DecodeSide:
                 passed[addr] = reqs
                 continue
             found = self.discovery(addr)
-            if addr in manager.prefill_info_table and (found is None or found.info is not None):
-                passed[addr] = reqs  # upstream's cache, not invalidated since
+            if _cached(manager, addr, found):
+                passed[addr] = reqs
                 continue
             state = State.INIT if found is None else found.state
             if state not in (State.REGISTERED, State.FAILED):

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-from coordinator.health._answer import answer
+from coordinator import health
 from coordinator.state import read_published
 
 log = logging.getLogger("coordinator.sglang")
@@ -16,24 +16,8 @@ PREFIX = "/startup"
 
 
 def app(state_dir: str) -> Any:
-    """An ASGI app answering ``/livez /readyz /startupz /status /metrics`` (``?verbose``,
-    ``?exclude``) for every driver published in ``state_dir``, read anew per request."""
-
-    async def serve(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        path = scope["path"]
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):] or "/"
-        query = scope.get("query_string", b"").decode("latin-1")
-        status, ctype, body = answer(read_published(state_dir), path, query)
-        headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()),
-                   (b"cache-control", b"no-store")]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
-
-    return serve
+    """The probes' ASGI app for every driver published in ``state_dir``, read anew per request."""
+    return health.asgi(lambda: read_published(state_dir))
 
 
 def mount(state_dir: str) -> bool:

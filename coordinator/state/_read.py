@@ -31,10 +31,6 @@ class Published:
     _snapshot: Snapshot
     clock: Clock = _CLOCK
 
-    @property
-    def name(self) -> str | None:
-        return self._snapshot.name
-
     def snapshot(self) -> Snapshot:
         return self._snapshot
 

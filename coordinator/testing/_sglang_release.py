@@ -54,7 +54,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import types
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -62,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.clock import FakeClock
+from coordinator.clock import REAL_TIME, FakeClock
 from coordinator.testing.faultserver import free_port
 
 __all__ = [
@@ -712,7 +711,7 @@ def make_prealloc_queue(decode: types.ModuleType, kv_manager: object, **attrs: o
 
 
 def _listening(server: Any, host: str, port: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
+    while REAL_TIME.now() < deadline:
         if not server.thread.is_alive():
             return False  # _run_server logged the error (e.g. the port was taken) and returned
         loop = getattr(server, "_loop", None)
@@ -722,7 +721,7 @@ def _listening(server: Any, host: str, port: int, deadline: float) -> bool:
                 return True
             except OSError:
                 pass
-        time.sleep(0.01)
+        REAL_TIME.sleep(0.01)
     raise TimeoutError(f"CommonKVBootstrapServer on {host}:{port} not listening in time")
 
 
@@ -732,7 +731,7 @@ def start_bootstrap_server(conn: types.ModuleType, host: str = "127.0.0.1", port
 
     ``port=None``: a free port (retried if taken meanwhile). Stop with :func:`stop_bootstrap_server`.
     """
-    deadline = time.monotonic() + timeout
+    deadline = REAL_TIME.now() + timeout
     for _ in range(3 if port is None else 1):
         chosen = free_port(host) if port is None else port
         server = conn.CommonKVBootstrapServer(host, chosen)
@@ -792,3 +791,7 @@ class FakeTime:
 
     def sleep(self, seconds: float) -> None:
         self.clock.sleep(seconds)
+
+
+if __name__ == "__main__":  # the test command fetches the wheel first: a failure fails it loudly
+    print(wheel_source())

@@ -17,12 +17,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 
-from coordinator.clock import SystemClock
+from coordinator.clock import REAL_TIME
 from coordinator.outcome import Failure
-
-# Socket deadlines are real time, whatever clock the driver runs on (tests use a fake one).
-REAL_TIME = SystemClock()
-
 
 class Watch:
     """The socket of the attempt in flight, so another thread can cut the attempt short.
