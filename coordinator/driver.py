@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from transitions import Machine
+from transitions import State as MachineState
 
 from coordinator import validate
 from coordinator.clock import Clock, Rng, SystemClock, entropy_rng
@@ -55,9 +56,26 @@ class StartupFailed(RuntimeError):
         )
 
 
+class _QuietState(MachineState):
+    """transitions logs every state's entry and exit at INFO ("Finished processing state ...":
+    48 lines for one rank waiting 5 s, where SGLang sets the root logger to INFO). Our own
+    records already say each transition once; the machine's states have no callbacks to run."""
+
+    def enter(self, event_data: Any) -> None:
+        event_data.machine.callbacks(self.on_enter, event_data)
+
+    def exit(self, event_data: Any) -> None:
+        event_data.machine.callbacks(self.on_exit, event_data)
+
+
+class _Machine(Machine):
+    state_cls = _QuietState
+
+
 def build_machine(model: object = None) -> Machine:
-    """A plain Machine from the table: no auto transitions, no callbacks, guards from ``states``."""
-    return Machine(
+    """A plain Machine from the table: no auto transitions, no callbacks, guards from ``states``,
+    no log line of its own."""
+    return _Machine(
         model=model,
         states=list(State),
         initial=State.INIT,
@@ -157,12 +175,17 @@ class Driver(Generic[T]):
 
         self._model = _Model()
         self._drive = threading.Lock()
+        # Guards _thread: start() publishes it only once started, and stop() reads it under this,
+        # so a stop() racing start() joins a started thread (never one not yet started).
+        self._lifecycle = threading.Lock()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._crash: AssertionError | None = None  # a test's fake failing on the background thread
         self._watch: _Watch | None = None  # a driver made with watch=True: see _enable_watch
-        # Why REGISTERED no longer holds, until the driver acts on it: (a bounded code for metrics, a message).
-        self._invalidation: tuple[str, str] | None = None
+        # Why REGISTERED no longer holds, until the driver acts on it: (the seq of the REGISTERED
+        # snapshot it is about, a bounded code for metrics, a message). A cause about an earlier
+        # REGISTERED (a race with a resolution under way) is dropped, never carried to the next.
+        self._invalidation: tuple[int, str, str] | None = None
         self._listeners: list[Listener] = []
         self._lanes = NO_FAILURES  # handed from one retry decision to the next attempt's
         now = self._clock.now()
@@ -260,15 +283,16 @@ class Driver(Generic[T]):
 
     def start(self) -> Any:  # Self, for the subclass
         """Run on a named daemon thread and return at once."""
-        with self._drive:
+        with self._drive, self._lifecycle:
             if self._thread is not None:
                 raise RuntimeError(f"{self.kind} already started")
-            self._thread = threading.Thread(
+            thread = threading.Thread(
                 target=self._guarded_run, args=(True,),
                 name=f"prefill-startup-{self.name or self.kind}",
                 daemon=True,
             )
-            self._thread.start()
+            thread.start()
+            self._thread = thread
         return self
 
     def wait(self, timeout: float | None = None) -> Snapshot:
@@ -290,12 +314,17 @@ class Driver(Generic[T]):
     def invalidate(self, cause: str) -> None:
         """What REGISTERED stood for no longer holds (``cause`` says why, e.g. the prefill
         instance restarted): the driver goes back to REGISTERING and resolves again through
-        the normal lanes. Only for a driver made with ``watch=True``; a no-op unless REGISTERED.
-        Thread-safe: the driver's own thread (or the next ``poll()``) fires the trigger."""
+        the normal lanes. Only for a driver made with ``watch=True``; a no-op unless REGISTERED
+        (what is being resolved then is newer than the caller's reason: nothing to drop, and
+        nothing remembered for later). Thread-safe: the driver's own thread (or the next
+        ``poll()``) fires the trigger."""
         if self._watch is None:
             raise RuntimeError(f"{self.kind} was not made with watch=True: REGISTERED is final for it")
         validate.name(cause, "cause")
-        self._invalidation = ("asked", cause)
+        s = self._snapshot
+        if s.state is not State.REGISTERED:
+            return
+        self._invalidation = (s.seq, "asked", cause)
         self._watch.wake.set()
 
     def stop(self, timeout: float | None = None) -> Snapshot:
@@ -304,10 +333,12 @@ class Driver(Generic[T]):
         if self._watch is not None:
             self._watch.wake.set()
         self._transport.abort()
-        if self._thread is threading.current_thread():
+        with self._lifecycle:
+            thread = self._thread
+        if thread is threading.current_thread():
             pass  # called from a listener or hook: the driver thread ends the run on its next step
-        elif self._thread is not None:
-            self._thread.join(timeout)
+        elif thread is not None:
+            thread.join(timeout)
         elif self._drive.acquire(blocking=False):
             # No driver running: this thread may take the cancelling step itself.
             try:
@@ -355,9 +386,12 @@ class Driver(Generic[T]):
     def _step(self) -> None:
         state = self._model.state
         if state in TERMINAL:
-            cause = self._invalidation
-            if state is State.REGISTERED and cause is not None and not self._cancel.is_set():
-                self._reopen(cause)
+            asked = self._invalidation
+            if state is State.REGISTERED and asked is not None and not self._cancel.is_set():
+                self._invalidation = None
+                seq, code, message = asked
+                if seq == self._snapshot.seq:
+                    self._reopen(code, message)
             return
         now = self._clock.now()
         if self._cancel.is_set():
@@ -370,9 +404,7 @@ class Driver(Generic[T]):
             self._fire(Trigger.TIMER, now, {"attempt": self._snapshot.attempt + 1},
                        now=now, due_at=self._snapshot.next_attempt_at)
 
-    def _reopen(self, cause: tuple[str, str]) -> None:
-        self._invalidation = None
-        code, message = cause
+    def _reopen(self, code: str, message: str) -> None:
         self._lanes = NO_FAILURES
         self._forget()
         now = self._clock.now()

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from coordinator import validate
@@ -96,15 +95,6 @@ log_level = _choice(LOG_LEVELS, upper=True)
 on_failure = _choice(("raise", "return"), upper=False)
 
 
-def directory(text: str) -> Path:
-    path = Path(text)
-    if "\0" in text:
-        raise ValueError("must be a directory path without NUL characters")
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"must be a directory, got the file {text!r}")
-    return path
-
-
 def boolean(text: str) -> bool:
     value = text.lower()
     if value not in _TRUE + _FALSE:
@@ -137,13 +127,11 @@ TABLE: Final = (
     Setting("health_host", PREFIX + "HEALTH_HOST", "--health-host", host, "127.0.0.1",
             "the probes' bind address (default 127.0.0.1)"),
     Setting("health_port", PREFIX + "HEALTH_PORT", "--health-port", bind_port, None,
-            "serve the probes on this port, 0 for any free one (default: no probes)"),
+            "serve the probes on this port, 0 for any free one (default: the CLI none, the SGLang "
+            "plugin 8990 in each node's main process)"),
     Setting("on_failure", PREFIX + "ON_FAILURE", None, on_failure, "raise",
             "raise or return: a prefill rank that fails to register raises from the scheduler's init, "
             "or carries on with an ERROR (SGLang plugin; default raise)"),
-    Setting("state_dir", PREFIX + "STATE_DIR", None, directory, None,
-            "where the SGLang plugin's processes publish their snapshots for the probes "
-            "(default: a new temporary directory)"),
     Setting("watch", PREFIX + "WATCH", None, boolean, True,
             "1/0, true/false or yes/no, any case: once the prefill instance is complete, a decode "
             "process keeps checking that it still is (SGLang plugin; default true)"),
@@ -167,14 +155,16 @@ class Settings:
     health_host: str
     health_port: int | None  # None: no probes
     on_failure: Literal["raise", "return"]
-    state_dir: Path | None
     watch: bool
 
 
-def read(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """The settings whose variable is set (and not empty), by field; SettingError on a bad one."""
+def read(environ: Mapping[str, str] = os.environ, fields: Collection[str] | None = None) -> dict[str, Any]:
+    """The settings whose variable is set (and not empty), by field; SettingError on a bad one.
+    With ``fields``, only those are read: a consumer answers only for the variables it uses."""
     values: dict[str, Any] = {}
     for setting in TABLE:
+        if fields is not None and setting.field not in fields:
+            continue
         text = environ.get(setting.var, "")
         if not text:
             continue
@@ -185,7 +175,7 @@ def read(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     return values
 
 
-def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
-    """Every setting: from ``environ`` where set, else its default."""
-    values = read(environ)
+def from_env(environ: Mapping[str, str] = os.environ, fields: Collection[str] | None = None) -> Settings:
+    """Every setting: from ``environ`` where set (of ``fields``, when given), else its default."""
+    values = read(environ, fields)
     return Settings(**{s.field: values.get(s.field, s.default) for s in TABLE})

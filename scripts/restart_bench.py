@@ -3,7 +3,9 @@
 (a) The simulator (``coordinator.sim.compare_restart``) for D = 0.5, 3 and 20 s: a prefill
     instance restarts under a watching decode instance; ours polling, ours long-polling (a
     real ``Discovery(watch=True)`` on a FakeClock) and upstream's heartbeat, on identical
-    draws, as one Markdown table.
+    draws, as one Markdown table; and ours polling once more against a server that keeps no
+    connection open (so only the checks' pace, not the connection's close, finds it down).
+    The stale window is issue 20's "prefill instance down and refusing" (target p99 <= 1 s).
 (b) Our bootstrap server with 1,000 watchers: a real ``BootstrapServer`` on loopback,
     complete with 4 ranks, and 1,000 watchers at the default polling pace (a topology GET
     every 1 s x U[0.5, 1.5] after the previous answer, each on a fresh connection), spread
@@ -27,6 +29,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from coordinator import BootstrapServer
@@ -37,12 +40,19 @@ from coordinator.sim._restart import POLLING, RestartResult
 from coordinator.testing import example_payload
 
 DOWN_S = (0.5, 3.0, 20.0)
+NOT_KEPT = f"{POLLING}, no kept connection"
 RANKS = 4
 TOPOLOGY_PATH = f"{ROUTE_PATH}?{route_query(TOPOLOGY_KEY)}"
 
 
 def simulate(trials: int, seed: int) -> dict[float, dict[str, RestartResult]]:
-    return {down: compare_restart(RestartScenario(down_s=down, trials=trials, seed=seed)) for down in DOWN_S}
+    out = {}
+    for down in DOWN_S:
+        scenario = RestartScenario(down_s=down, trials=trials, seed=seed)
+        results = compare_restart(scenario)
+        results[NOT_KEPT] = compare_restart(replace(scenario, keep_alive=False), (POLLING,))[POLLING]
+        out[down] = results
+    return out
 
 
 def markdown(results: dict[float, dict[str, RestartResult]]) -> str:

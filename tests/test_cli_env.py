@@ -40,7 +40,7 @@ def test_defaults() -> None:
     s = from_env({})
     assert (s.deadline_s, s.attempt_timeout_s, s.max_attempts) == (UNSET, 5.0, None)
     assert (s.log_format, s.log_level, s.health_host, s.health_port) == ("auto", "INFO", "127.0.0.1", None)
-    assert (s.on_failure, s.state_dir, s.watch) == ("raise", None, True)
+    assert (s.on_failure, s.watch) == ("raise", True)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.watch = False  # type: ignore[misc]
 
@@ -51,11 +51,11 @@ def test_values(tmp_path: Path) -> None:
         "PREFILL_STARTUP_MAX_ATTEMPTS": "3", "PREFILL_STARTUP_LOG_FORMAT": "JSON",
         "PREFILL_STARTUP_LOG_LEVEL": "debug", "PREFILL_STARTUP_HEALTH_HOST": "[::1]",
         "PREFILL_STARTUP_HEALTH_PORT": "0", "PREFILL_STARTUP_ON_FAILURE": "return",
-        "PREFILL_STARTUP_STATE_DIR": str(tmp_path), "PREFILL_STARTUP_WATCH": "No",
+        "PREFILL_STARTUP_WATCH": "No",
     })
     assert (s.deadline_s, s.attempt_timeout_s, s.max_attempts) == (None, 0.5, 3)
     assert (s.log_format, s.log_level, s.health_host, s.health_port) == ("json", "DEBUG", "::1", 0)
-    assert (s.on_failure, s.state_dir, s.watch) == ("return", tmp_path, False)
+    assert (s.on_failure, s.watch) == ("return", False)
     assert from_env({"PREFILL_STARTUP_DEADLINE": "30"}).deadline_s == 30.0
     assert from_env({"PREFILL_STARTUP_DEADLINE": ""}).deadline_s is UNSET  # empty: unset
     assert all(from_env({"PREFILL_STARTUP_WATCH": v}).watch for v in ("1", "true", "YES"))
@@ -83,7 +83,6 @@ BAD = {
     "PREFILL_STARTUP_HEALTH_HOST": ["a b", "[h]", "h:1", "no_such host"],
     "PREFILL_STARTUP_HEALTH_PORT": ["-1", "65536", "+1", "x"],
     "PREFILL_STARTUP_ON_FAILURE": ["ignore", "1"],
-    "PREFILL_STARTUP_STATE_DIR": ["\0", "/dev/null"],
     "PREFILL_STARTUP_WATCH": ["maybe", "2", "on"],
 }
 ENV_CASES = [(var, value) for var, values in BAD.items() for value in values]

@@ -153,7 +153,7 @@ def test_wait_becomes_command_whose_handler_gets_sigterm(complete_prefill: Boots
     proc.popen.send_signal(signal.SIGTERM)
     assert proc.end() == 0, proc.err  # COMMAND's status
     assert marker.read_text() == "SIGTERM"
-    assert json.loads(proc.lines["stdout"][0])["attn_tp_size"] == 2  # the PrefillInfo came first
+    assert proc.out == pid_line  # COMMAND's stdout is its own: no PrefillInfo ahead of it
     assert "Traceback" not in proc.err
 
 

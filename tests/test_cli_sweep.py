@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -54,6 +55,10 @@ CASES = [
       for v in NUMBER],
     *[("simulate", "--seed", v) for v in ["+1", "1_0", "١", "", "-1"]],
     ("simulate", "--ranks", "1000000"),
+    # Bounded because the work grows with them: the simulated span, processes, ranks x trials.
+    *[("simulate", "--latency", v) for v in ["1.001", "1e9"]],
+    *[("simulate", "--trials", v) for v in ["100001", "600000"]],  # 600000: 2 ranks x 600000 > 1,000,000
+    ("simulate", "--workers", str((os.cpu_count() or 1) + 1)),
     ("diagram", "--output", "/dev/null/state_machine.md"),  # under a file
     ("diagram", "--output", "/"),
 ]

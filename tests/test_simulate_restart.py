@@ -13,6 +13,7 @@ import pytest
 
 from coordinator.clock import FakeClock
 from coordinator.cli import simulate as cli_sim
+from coordinator.discovery import CLOSE_CHECK_S
 from coordinator.outcome import Failure, Outcome
 from coordinator.protocol import GENERATION_HEADER, LONG_POLL_HEADER, TOPOLOGY_KEY, route_query
 from coordinator.sim import RestartScenario, compare_restart, format_restart_table
@@ -82,12 +83,14 @@ def test_ours_polling_invalidates_on_a_503_and_waits_in_the_pending_lane() -> No
     assert 0 < out.lag_s <= 0.4 + 3 * LATENCY  # the pending lane's cap, then the target's lookup
 
 
-def test_ours_keeps_the_old_ports_through_a_blip_and_drops_them_after_grace() -> None:
+def test_ours_drops_the_old_ports_soon_after_the_server_refuses() -> None:
+    # The kept connection closes at T (a long-poll is reset): the next check meets the refusal,
+    # and refusals for 0.25 s (checks 0.125-0.375 s apart) invalidate, well before grace_s.
     scenario = RestartScenario(down_s=20.0, grace_s=5.0, latency_s=LATENCY)
     for model in (POLLING, LONG_POLL):
         out = run_restart_trial(model, trial(20.0, 0.3), scenario)
-        assert out.cause == "gone for grace_s"
-        assert 5.0 <= out.stale_s <= 5.0 + 2 * 1.5 + 4 * LATENCY
+        assert out.cause == "refused"
+        assert 0.25 <= out.stale_s <= CLOSE_CHECK_S + 0.125 + 0.375 + 4 * LATENCY
         assert 0 < out.lag_s <= 0.4 + 3 * LATENCY  # it waited in the refused and pending lanes
 
 
@@ -100,10 +103,10 @@ def test_steady_state_pace_polling_long_poll_and_heartbeat() -> None:
 
 
 def test_ours_long_poll_re_resolving_waits_at_the_server_for_the_new_instance() -> None:
-    # The first check after the server is back meets a 503 (advertising long-polls): the lookups
-    # that follow wait at the server, which answers when the new instance completes.
+    # Invalidated while refused; the first lookup after the server is back meets a 503 (advertising
+    # long-polls): the lookups that follow wait at the server, which answers when the new instance completes.
     out = run_restart_trial(LONG_POLL, trial(3.0, 3.0), RestartScenario(down_s=3.0, latency_s=LATENCY))
-    assert out.cause == "503"
+    assert out.cause == "refused"
     assert 0 < out.lag_s <= 3 * LATENCY  # the held answer's way back, then the target's lookup
 
 
@@ -189,11 +192,13 @@ def test_cli_restart_prints_json_and_a_table(capsys: pytest.CaptureFixture[str])
 def test_cli_restart_rejects_what_it_does_not_take(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_sim.run(parse("--restart", "3", "--decode")) == 2
     assert "--restart takes neither --decode nor --plot" in capsys.readouterr().err
-    assert cli_sim.run(parse("--restart", "3", "--latency", "5")) == 2
-    assert "RestartScenario.latency_s" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # refused when parsed, as every mode's --latency
+        cli_sim.run(parse("--restart", "3", "--latency", "5"))
+    assert info.value.code == 2 and "--latency" in capsys.readouterr().err
 
 
 def test_table_names_every_model_and_the_targets() -> None:
     table = format_restart_table(compare_restart(RestartScenario(down_s=20.0, trials=3)))
     assert "<= 0.5 s: met" in table and "<= 0.02 s: missed" in table
-    assert "gone for grace_s:3" in table and "2 failed heartbeats:3" in table
+    assert "refused:3" in table and "2 failed heartbeats:3" in table
+    assert "<= 1 s: met" in table  # issue 20's stale window, prefill instance down and refusing

@@ -54,8 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prefill-startup: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Everything after the first "--" is a command for "wait" to run, never our options.
-    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    # Everything after the first "--" is a command for "wait" to run, never our options;
+    # None without "--", so that "wait --" (an empty COMMAND) is told apart from no COMMAND.
+    command = argv[argv.index("--") + 1:] if "--" in argv else None
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if command and args.command != "wait":
         parser.error(f"'-- COMMAND' is for 'wait', not '{args.command}'")

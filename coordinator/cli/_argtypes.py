@@ -8,13 +8,14 @@ argparse names the option in its error ("argument --deadline: ..."), and exits 2
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from coordinator import settings, validate
 from coordinator.protocol import base_url
-from coordinator.sim import MAX_RANKS, MAX_SPAN_S
+from coordinator.sim import MAX_LATENCY_S, MAX_RANKS, MAX_SPAN_S, MAX_TRIALS
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -52,6 +53,11 @@ def _at_most(parse: Callable[[str], N], high: N, unit: str = "") -> Callable[[st
 ranks = argtype(_at_most(settings.count, MAX_RANKS), "ranks")
 # The simulator's cost grows with the simulated span: an hour is the bound.
 span = argtype(_at_most(settings.non_negative, MAX_SPAN_S, " s"), "span")
+latency = argtype(_at_most(settings.non_negative, MAX_LATENCY_S, " s"), "latency")
+trials = argtype(_at_most(settings.count, MAX_TRIALS), "trials")
+# Each worker is a process, all forked at once: more than the cores would only cost memory.
+CORES = os.cpu_count() or 1
+workers = argtype(_at_most(settings.count, CORES), "workers")
 
 
 def _target(text: str) -> tuple[int, int, int, int]:
@@ -91,3 +97,5 @@ bootstrap = argtype(_bootstrap, "bootstrap")
 kv_cache_dtype = argtype(_non_empty, "kv_cache_dtype")
 seed = argtype(lambda t: validate.digits(t, "value"), "seed")
 name = argtype(lambda t: validate.name(t, "value"), "name")
+# Linux's pid_max is at most 2**22.
+pid = argtype(_at_most(settings.count, 2**22), "pid")

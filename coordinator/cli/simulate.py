@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from typing import Any
 
-from coordinator.cli._argtypes import count, non_negative, ranks, seed, span
+from coordinator.cli._argtypes import CORES, count, latency, ranks, seed, span, trials, workers
 from coordinator.cli._run import EXIT_OK, EXIT_USAGE
 from coordinator.sim import (
     DEFAULT_RANKS,
     DEFAULT_TRIALS,
+    MAX_LATENCY_S,
+    MAX_RANK_RUNS,
     MAX_RANKS,
     MAX_SPAN_S,
+    MAX_TRIALS,
     RestartScenario,
     Scenario,
     check_counts,
@@ -43,9 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up_to = f"at most {MAX_SPAN_S:g}"
     parser.add_argument("--ranks", type=ranks, default=DEFAULT_RANKS, metavar="N",
                         help=f"ranks per trial, at most {MAX_RANKS} (default {DEFAULT_RANKS})")
-    parser.add_argument("--trials", type=count, default=DEFAULT_TRIALS, metavar="T",
-                        help=f"trials, each with its own R; figures aggregate them (default {DEFAULT_TRIALS}; "
-                             "the time grows with ranks x trials: the defaults take 15-30 s on 2 cores)")
+    parser.add_argument("--trials", type=trials, default=DEFAULT_TRIALS, metavar="T",
+                        help=f"trials, each with its own R; figures aggregate them; at most {MAX_TRIALS}, and "
+                             f"ranks x trials at most {MAX_RANK_RUNS} (default {DEFAULT_TRIALS}; the time grows "
+                             "with ranks x trials: the defaults take 15-30 s on 2 cores)")
     parser.add_argument("--seed", type=seed, default=0, help="same seed, same figures (default 0)")
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--late-start", type=span, nargs=2, metavar=("MIN", "MAX"), default=(0.0, 60.0),
@@ -59,14 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="answers at most K requests per second; beyond, 503")
     parser.add_argument("--start-window", type=span, default=0.05, metavar="S",
                         help=f"ranks start uniformly within S s; {up_to} (default 0.05)")
-    parser.add_argument("--latency", type=non_negative, default=0.001, metavar="S",
-                        help="duration of a refused or answered attempt (default 0.001)")
+    parser.add_argument("--latency", type=latency, default=0.001, metavar="S",
+                        help=f"duration of a refused or answered attempt; at most {MAX_LATENCY_S:g} (default 0.001)")
     parser.add_argument("--decode", action="store_true",
                         help="the decode side: decode ranks wait for the prefill group to be complete")
     parser.add_argument("--decode-ranks", type=ranks, default=64, metavar="D",
-                        help="with --decode: decode ranks per trial (default 64); --ranks is the prefill group")
-    parser.add_argument("--workers", type=count, default=os.cpu_count() or 1, metavar="N",
-                        help="worker processes (default: one per core); the figures do not depend on it")
+                        help=f"with --decode: decode ranks per trial, at most {MAX_RANKS}, and decode ranks x "
+                             f"trials at most {MAX_RANK_RUNS} (default 64); --ranks is the prefill group")
+    parser.add_argument("--workers", type=workers, default=CORES, metavar="N",
+                        help=f"worker processes, at most one per core ({CORES}; default: as many); "
+                             "the figures do not depend on it")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG (needs prefill-startup[plot])")
     parser.add_argument("--restart", type=span, metavar="D",
@@ -107,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         scenario = scenario_from(args)
-        check_counts(args.ranks, args.trials)
+        check_counts(args.ranks, args.trials, ("--ranks", "--trials"))
+        if args.decode:
+            check_counts(args.decode_ranks, args.trials, ("--decode-ranks", "--trials"))
     except (TypeError, ValueError) as exc:
         print(f"simulate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

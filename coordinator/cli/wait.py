@@ -3,6 +3,8 @@
 With ``-- COMMAND``, ``wait`` becomes COMMAND once the prefill instance is complete
 (``execvpe``, as wait-for-it does): same process, so every signal reaches COMMAND and
 its status is the status. Until then, SIGTERM and SIGINT cancel the wait (143, 130).
+COMMAND's stdout is its own: the PrefillInfo reaches it in ``PREFILL_STARTUP_INFO``,
+never as a line ahead of its output.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     wait = sub.add_parser("wait", parents=[common],
                           help="wait for a prefill instance to be complete (decode side, init containers)",
                           epilog="after '--', a COMMAND that wait becomes (exec) once the prefill instance is "
-                                 "complete, with PREFILL_STARTUP_INFO (the JSON) in its environment; "
-                                 "exit 0, 1 (permanent failure), 2 (bad input), 124 (deadline), "
+                                 "complete, with PREFILL_STARTUP_INFO (the JSON) in its environment and "
+                                 "nothing of wait's on its stdout; "
+                                 "exit 0, 1 (permanent failure), 2 (bad input, an empty COMMAND too), 124 (deadline), "
                                  "143/130 (SIGTERM/SIGINT while waiting), 127/126 (COMMAND not found / "
                                  "cannot run), or COMMAND's status")
     wait.add_argument("--bootstrap", type=bootstrap, required=True, metavar="HOST:PORT",
@@ -59,6 +62,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command_argv is not None:
+        _check_command(args.command_argv)
     expect: dict[str, Any] = {}
     if args.expect_page_size is not None:
         expect["page_size"] = args.expect_page_size
@@ -85,10 +90,24 @@ def run(args: argparse.Namespace) -> int:
             return ended.cancelled_status
         return EXIT_TIMEOUT if snapshot.reason in ("deadline", "exhausted") else EXIT_FAILED
     info = json.dumps(snapshot.info.to_dict())
-    print(info, flush=True)
-    if not args.command_argv:
+    if args.command_argv is None:
+        print(info)
         return EXIT_OK
+    # Not printed: COMMAND's stdout is COMMAND's (a line of ours ahead of it would corrupt
+    # output that is parsed), as wait-for-it keeps out of it. COMMAND has the info in its
+    # environment, and the completion is logged on stderr (discovery.registered).
     return _become(args.command_argv, info, notify=args.notify_command)
+
+
+def _check_command(argv: list[str]) -> None:
+    """Refuse, before any wait, a COMMAND no exec could run whatever the file system holds.
+    Not found and not executable are known only at the exec (127, 126, as a shell)."""
+    if not argv:
+        raise UsageError("'--' must be followed by a COMMAND")
+    if not argv[0]:
+        raise UsageError("COMMAND is empty ('' names no program)")
+    if any("\0" in arg for arg in argv):
+        raise UsageError(f"COMMAND {argv[0]!r}: an argument holds a NUL byte, which no exec can pass")
 
 
 def _become(argv: list[str], info: str, *, notify: bool) -> int:

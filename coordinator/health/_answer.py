@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 from coordinator.health._metrics import METRICS, render
-from coordinator.health._probe import CHECKS, PATHS, probe, probe_all, verbose
+from coordinator.health._probe import CHECKS, PATHS, Expected, probe, probe_all, verbose
 
 if TYPE_CHECKING:
     from coordinator.clock import Clock
@@ -41,11 +41,25 @@ def as_list(drivers: Any) -> list[Driver[Any]]:
     return out
 
 
+Source = Callable[[], Sequence[Probed]]
+ExpectedSource = Callable[[], "Expected | None"]
+
+
+def as_source(registration: Any) -> Source:
+    """A driver, a list of them, or already a callable giving the drivers anew per request."""
+    if callable(registration) and not callable(getattr(registration, "snapshot", None)):
+        source: Source = registration
+        return source
+    fixed: Sequence[Probed] = as_list(registration)
+    return lambda: fixed
+
+
 def _json(status: int, body: dict[str, Any]) -> tuple[int, str, bytes]:
     return status, JSON, json.dumps(body).encode()
 
 
-def answer(drivers: Sequence[Probed], path: str, query: str, registry: Any = None) -> tuple[int, str, bytes]:
+def answer(drivers: Sequence[Probed], path: str, query: str, registry: Any = None,
+           expected: Expected | None = None) -> tuple[int, str, bytes]:
     if path == METRICS:
         return render(registry)
     if path not in PATHS:
@@ -55,13 +69,13 @@ def answer(drivers: Sequence[Probed], path: str, query: str, registry: Any = Non
     if len(exclude) > MAX_EXCLUDES or any(len(x) > MAX_EXCLUDE_CHARS for x in exclude):
         return _json(400, {"error": f"exclude: at most {MAX_EXCLUDES} values of at most "
                                     f"{MAX_EXCLUDE_CHARS} characters each"})
-    if not drivers:  # e.g. a decode instance before its first request: nothing to wait for
+    if not drivers and expected is None:  # e.g. a decode instance before its first request
         return _json(200, {"ok": True, "registrations": [], "note": "no driver yet: nothing to wait for"})
-    now = drivers[0].clock.now()
+    now = drivers[0].clock.now() if drivers else 0.0  # no snapshot to measure against
     snapshots = [d.snapshot() for d in drivers]
     if "verbose" in params and path in CHECKS:
-        status, text = verbose(path, snapshots, now, exclude)
+        status, text = verbose(path, snapshots, now, exclude, expected)
         return status, TEXT, text.encode()
-    if len(snapshots) == 1 and not exclude:
+    if len(snapshots) == 1 and not exclude and expected is None:
         return _json(*probe(path, snapshots[0], now))
-    return _json(*probe_all(path, snapshots, now, exclude))
+    return _json(*probe_all(path, snapshots, now, exclude, expected))

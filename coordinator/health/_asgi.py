@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from coordinator.health._answer import Probed, answer, as_list
+from coordinator.health._answer import ExpectedSource, Probed, answer, as_source
 from coordinator.health._metrics import METRICS
 
 if TYPE_CHECKING:
@@ -20,23 +20,21 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def asgi(registration: Driver[Any] | Sequence[Driver[Any]] | Callable[[], Sequence[Probed]], *,
-         registry: Any = None) -> ASGIApp:
+         registry: Any = None, expected: ExpectedSource | None = None) -> ASGIApp:
     """``app.mount("/startup", health.asgi(reg))``: /livez /readyz /startupz /status /metrics.
 
     ``registration``: a driver, a list of them, or a callable giving the drivers anew for
-    each request (another process's published views, :func:`coordinator.state.read_published`).
+    each request (an SGLang instance's, from :class:`coordinator.instance.Board`);
+    ``expected``: a callable giving what readiness waits for beyond them, if anything.
 
-    Reading a snapshot never blocks, so the probes answer straight from the event loop;
+    ``registration`` and ``expected`` read memory only, so the probes answer straight from the event loop;
     ``/metrics`` collects a registry (seconds, with a big one or a slow custom collector),
     so it runs on the loop's default executor, never blocking the application's requests.
     """
-    if callable(registration) and not callable(getattr(registration, "snapshot", None)):
-        source: Callable[[], Sequence[Probed]] = registration
-    else:
-        fixed: Sequence[Probed] = as_list(registration)
+    source = as_source(registration)
 
-        def source() -> Sequence[Probed]:
-            return fixed
+    def expect() -> Any:
+        return None if expected is None else expected()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # served on its own, the app has nothing to start
@@ -62,7 +60,7 @@ def asgi(registration: Driver[Any] | Sequence[Driver[Any]] | Callable[[], Sequen
                 status, ctype, body = await asyncio.get_running_loop().run_in_executor(
                     None, answer, source(), path, query, registry)
             else:
-                status, ctype, body = answer(source(), path, query, registry)
+                status, ctype, body = answer(source(), path, query, registry, expect())
             extra = []
         headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()),
                    (b"cache-control", b"no-store"), *extra]

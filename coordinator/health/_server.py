@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from coordinator import validate
-from coordinator.health._answer import answer, as_list
+from coordinator.health._answer import ExpectedSource, Probed, Source, answer, as_source
 from coordinator.server._base import Handler, Running, Server
 
 if TYPE_CHECKING:
@@ -16,8 +16,9 @@ HealthServer = Running
 
 
 class _Server(Server):
-    def __init__(self, address: tuple[str, int], drivers: Sequence[Driver[Any]], registry: Any) -> None:
-        self.drivers, self.registry = drivers, registry
+    def __init__(self, address: tuple[str, int], source: Source, registry: Any,
+                 expected: ExpectedSource | None) -> None:
+        self.source, self.registry, self.expected = source, registry, expected
         super().__init__(address, _Handler)
 
 
@@ -26,7 +27,8 @@ class _Handler(Handler):
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
         path, _, query = self.path.partition("?")
-        status, ctype, body = answer(self.server.drivers, path, query, self.server.registry)
+        expected = None if self.server.expected is None else self.server.expected()
+        status, ctype, body = answer(self.server.source(), path, query, self.server.registry, expected)
         self.respond(status, body, ctype, [("Cache-Control", "no-store")])
 
     do_HEAD = do_GET
@@ -40,11 +42,16 @@ class _Handler(Handler):
         pass  # probes hit every few seconds; an access line each would drown the real events
 
 
-def serve(registration: Driver[Any] | Sequence[Driver[Any]], host: str = "127.0.0.1", port: int = 0, *,
-          registry: Any = None) -> Running:
+def serve(registration: Driver[Any] | Sequence[Driver[Any]] | Callable[[], Sequence[Probed]],
+          host: str = "127.0.0.1", port: int = 0, *, registry: Any = None,
+          expected: ExpectedSource | None = None) -> Running:
     """Serve the probes (and ``/metrics`` from ``registry``) for one driver or all of a
     process's, on a daemon thread. Binds loopback unless told otherwise: the probes
-    show internal addresses and errors."""
-    drivers = as_list(registration)
+    show internal addresses and errors.
+
+    ``registration`` may also be a callable giving the drivers anew for each request, and
+    ``expected`` one giving what readiness waits for beyond them (as :func:`asgi`)."""
+    source = as_source(registration)
     validate.port(port, "port", allow_zero=True)
-    return Running(_Server((validate.host(host, "host"), port), drivers, registry), "prefill-startup-health")
+    return Running(_Server((validate.host(host, "host"), port), source, registry, expected),
+                   "prefill-startup-health")

@@ -26,7 +26,8 @@ parking thread (:meth:`Server.park`, a ``selectors`` loop) and returns, so a tho
 held requests cost a thousand sockets, not a thousand threads. The parking thread
 answers each when :meth:`Server.wake_parked` says the state changed, or at its
 deadline (one non-blocking write, ``Connection: close``), and drops at once a
-connection its client closed. Parked connections do not count against
+connection its client reset. A client's FIN changes nothing: a half-closed client
+still reads its answer. Parked connections do not count against
 :attr:`Server.max_connections` (they hold no thread) but against
 :attr:`Server.max_parked`; beyond it :meth:`Server.park` refuses and the handler
 answers at once. Closing the server closes them unanswered.
@@ -77,10 +78,11 @@ Answer = Callable[[bool], bytes | None]
 
 
 class _Held:
-    __slots__ = ("sock", "deadline", "answer")
+    __slots__ = ("sock", "deadline", "answer", "watched")
 
     def __init__(self, sock: socket.socket, deadline: float, answer: Answer) -> None:
         self.sock, self.deadline, self.answer = sock, deadline, answer
+        self.watched = True  # in the selector, for reads, until its client's FIN
 
 
 class _Parking:
@@ -186,12 +188,19 @@ class _Parking:
             data = held.sock.recv(65536)
         except BlockingIOError:
             return
-        except OSError:  # reset
-            data = b""
+        except OSError:  # reset: the client is gone, nothing to answer
+            self._drop(held)
+            return
         if data:  # a pipelined request: answer this one now; Connection: close drops the next
             self._settle(held, timed_out=True)
-        else:  # the client gave up: nothing to answer
-            self._drop(held)
+            return
+        # A FIN: the client sends no more but may still read (RFC 9112, 9.6: a half-close does
+        # not "imply that the client is no longer interested in a response"), so its long-poll is
+        # answered when due; answering at once would turn such a client's long-poll into a busy
+        # re-poll. A FIN cannot tell a half-close from a close: a closed client's socket is held
+        # until then too (at most the wait). At EOF the socket stays readable: stop reading it.
+        self._selector.unregister(held.sock)
+        held.watched = False
 
     def _settle(self, held: _Held, *, timed_out: bool) -> None:
         try:
@@ -206,7 +215,8 @@ class _Parking:
         self._drop(held)
 
     def _drop(self, held: _Held) -> None:
-        self._selector.unregister(held.sock)
+        if held.watched:
+            self._selector.unregister(held.sock)
         del self._held[held.sock]
         _close_drained(held.sock)
         with self._lock:

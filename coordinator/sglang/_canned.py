@@ -3,8 +3,11 @@
 ``try_ensure_parallel_info`` fetches the topology with ``requests.get`` and then runs
 SGLang's sanity checks and builds ``PrefillServerInfo`` itself. To keep all of that
 SGLang's, the plugin stands a :class:`CannedRequests` in for the ``requests`` name of
-that module: on the thread that asked for it, and for that one URL, ``get()`` answers
-from the completed Discovery; every other call is the real ``requests``.
+that module. While the plugin calls upstream's body on the scheduler thread, ``get()``
+answers the one URL it expects from the completed Discovery, and refuses any other at
+once (a ``ConnectionError``, which upstream's body takes as "not yet"): the scheduler
+thread never waits on the network. Every other thread (upstream's heartbeat) gets the
+real ``requests``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 
 import requests
 
+_OFFLINE = ("", b"")  # answering nothing: every get() is refused
+
 
 class CannedRequests:
     def __init__(self, real: Any) -> None:
@@ -29,18 +34,31 @@ class CannedRequests:
 
     def get(self, url: str, *args: Any, **kwargs: Any) -> Any:
         canned: tuple[str, bytes] | None = getattr(self._local, "answer", None)
-        if canned is not None and url.startswith(canned[0]):
-            response = requests.Response()
-            response.status_code, response.url, response.encoding = 200, url, "utf-8"
-            response.headers["Content-Type"] = "application/json"
-            response._content = canned[1]  # how requests itself builds a response from bytes
-            return response
-        return self._real.get(url, *args, **kwargs)
+        if canned is None:
+            return self._real.get(url, *args, **kwargs)
+        prefix, body = canned
+        if not prefix or not url.startswith(prefix):
+            raise requests.ConnectionError(f"prefill-startup: no network I/O on the scheduler thread ({url})")
+        response = requests.Response()
+        response.status_code, response.url, response.encoding = 200, url, "utf-8"
+        response.headers["Content-Type"] = "application/json"
+        response._content = body  # how requests itself builds a response from bytes
+        return response
 
     @contextlib.contextmanager
     def answering(self, url_prefix: str, data: dict[str, Any]) -> Iterator[None]:
-        """Within the block, on this thread, ``get(url_prefix…)`` answers 200 with ``data``."""
-        self._local.answer = (url_prefix, json.dumps(data).encode())
+        """Within the block, on this thread, ``get(url_prefix…)`` answers 200 with ``data``;
+        any other URL is refused."""
+        with self._canned((url_prefix, json.dumps(data).encode())):
+            yield
+
+    def offline(self) -> contextlib.AbstractContextManager[None]:
+        """Within the block, on this thread, every ``get()`` is refused."""
+        return self._canned(_OFFLINE)
+
+    @contextlib.contextmanager
+    def _canned(self, answer: tuple[str, bytes]) -> Iterator[None]:
+        self._local.answer = answer
         try:
             yield
         finally:

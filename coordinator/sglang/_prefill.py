@@ -8,7 +8,7 @@ from typing import Any
 
 from coordinator.protocol import rank_key
 from coordinator.registration import Registration, RegistrationFailed
-from coordinator.sglang._runtime import Runtime
+from coordinator.sglang._context import PluginContext
 from coordinator.policy import RetryPolicy
 from states import State
 
@@ -20,24 +20,24 @@ def row_name(payload: Mapping[str, Any]) -> str:
     return f"dp{dp}-cp{cp}-tp{tp}-pp{pp}"
 
 
-def register_row(runtime: Runtime) -> Callable[..., None]:
+def register_row(context: PluginContext) -> Callable[..., None]:
     """An AROUND hook for ``CommonKVManager._register_topology_row(self, url, payload)``."""
 
     def hook(original: Callable[..., None], manager: Any, url: str, payload: dict[str, Any]) -> None:
         try:
-            registration = Registration(url, payload, name=row_name(payload), policy=runtime.policy(RetryPolicy()),
-                                        clock=runtime.clock, rng=runtime.rng(), on_exhausted="return")
+            registration = Registration(url, payload, name=row_name(payload), policy=context.policy(RetryPolicy()),
+                                        clock=context.clock, rng=context.rng(), on_exhausted="return")
         except (TypeError, ValueError, KeyError) as exc:
             # SGLang's payload is SGLang's business: on one we cannot check, its own loop runs.
             log.warning("prefill_startup.upstream_registration url=%s reason=%r: SGLang's own loop registers "
                         "this rank", url, str(exc))
             original(manager, url, payload)
             return
-        runtime.publish(registration)
+        context.publish(registration)
         snapshot = registration.run()
         if snapshot.state is State.REGISTERED:
             return
-        if runtime.settings.on_failure == "return":
+        if context.settings.on_failure == "return":
             log.error("prefill_startup.unregistered url=%s name=%s: %s; carrying on unregistered "
                       "(PREFILL_STARTUP_ON_FAILURE=return)", url, snapshot.name, snapshot.describe(snapshot.taken_at))
             return

@@ -1,5 +1,6 @@
-"""``/startup/*`` on SGLang's own HTTP server: the probes of every driver of the instance,
-read from the state directory the schedulers publish into."""
+"""The probes of an SGLang instance, in its main process: on a port of their own from plugin
+load on (SGLang's HTTP port opens only once every scheduler is up), and at ``/startup`` on
+SGLang's FastAPI app once it exists."""
 
 from __future__ import annotations
 
@@ -8,24 +9,41 @@ import sys
 from typing import Any
 
 from coordinator import health
-from coordinator.state import read_published
+from coordinator.instance import Board
+from coordinator.server._base import Running
+from coordinator.sglang._targets import HTTP_SERVER
 
 log = logging.getLogger("coordinator.sglang")
-HTTP_SERVER = "sglang.srt.entrypoints.http_server"
 PREFIX = "/startup"
+# SGLang's own ports: 30000 (HTTP), 8998 (the KV bootstrap server); 8990 sits beside the
+# bootstrap port, below it so that a second instance's bootstrap port (8999) never meets it.
+DEFAULT_PORT = 8990
+_mounted: set[int] = set()  # the apps already given /startup (by id): mounting twice would shadow
 
 
-def app(state_dir: str) -> Any:
-    """The probes' ASGI app for every driver published in ``state_dir``, read anew per request."""
-    return health.asgi(lambda: read_published(state_dir))
+def serve(board: Board, host: str, port: int | None) -> Running | None:
+    """The probe port; None (one WARNING) when it cannot be bound: SGLang runs on regardless."""
+    port = DEFAULT_PORT if port is None else port
+    try:
+        running = health.serve(board.members, host, port, expected=board.expected)
+    except OSError as exc:
+        log.warning("prefill_startup.probes_unavailable host=%s port=%d: %s; set PREFILL_STARTUP_HEALTH_PORT "
+                    "to a free port (the probes are also at %s on SGLang's HTTP server once it listens)",
+                    host, port, exc, PREFIX)
+        return None
+    log.info("prefill_startup.probes url=%s/{livez,readyz,startupz,status,metrics}", running.url)
+    return running
 
 
-def mount(state_dir: str) -> bool:
-    """In SGLang's main process (where its FastAPI ``app`` lives), mount the probes at /startup."""
+def mount(board: Board) -> bool:
+    """Mount the probes at /startup on SGLang's FastAPI ``app``, if it exists (once)."""
     module = sys.modules.get(HTTP_SERVER)
-    fastapi_app = getattr(module, "app", None)
-    if fastapi_app is None or not callable(getattr(fastapi_app, "mount", None)):
-        return False  # a scheduler, the detokenizer, or an engine without an HTTP server
-    fastapi_app.mount(PREFIX, app(state_dir))
-    log.info("prefill_startup.probes path=%s/{livez,readyz,startupz,status,metrics} state_dir=%s", PREFIX, state_dir)
+    app: Any = getattr(module, "app", None)
+    if app is None or not callable(getattr(app, "mount", None)):
+        return False  # not imported yet, or an engine without an HTTP server
+    if id(app) not in _mounted:
+        _mounted.add(id(app))
+        app.mount(PREFIX, health.asgi(board.members, expected=board.expected))
+        log.info("prefill_startup.probes path=%s/{livez,readyz,startupz,status,metrics} on SGLang's HTTP server",
+                 PREFIX)
     return True

@@ -1,14 +1,19 @@
 """What the plugin hooks in SGLang, checked against the installed release before hooking.
 
-A target is named by its dotted path and the parameters it must have; resolving it
-imports its module (as ``HookRegistry.apply_hooks`` would anyway). A target that is
-missing or whose parameters differ is reported, and left to SGLang's own code.
+A target is named by its dotted path, the parameters it must have and the attributes
+of upstream's instances the hook reads or writes (set in its class's ``__init__``:
+found in the class's source). Resolving a target imports its module (as
+``HookRegistry.apply_hooks`` would anyway). A target that is missing, whose parameters
+differ, or whose class no longer sets an attribute the hook touches is reported, and
+left to SGLang's own code.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 import pkgutil
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +24,11 @@ REGISTER_ROW = f"{CONN}.CommonKVManager._register_topology_row"
 TRY_ENSURE = f"{CONN}.CommonKVManager.try_ensure_parallel_info"
 HANDLE_FAILURE = f"{CONN}.CommonKVManager._handle_node_failure"
 ENSURE_INFO = f"{DECODE}.DecodePreallocQueue._ensure_prefill_info"
+BOOTSTRAP_INIT = f"{CONN}.CommonKVBootstrapServer.__init__"
+# The main process: what SGLang was asked to run, and the moment its FastAPI app exists.
+RESOLVE_ARGS = "sglang.srt.server_args.ServerArgs.resolve_once"
+LAUNCH = "sglang.srt.entrypoints.engine.Engine._launch_subprocesses"
+HTTP_SERVER = "sglang.srt.entrypoints.http_server"
 
 # Checked against: sglang 0.5.23.
 PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -26,6 +36,16 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
     TRY_ENSURE: ("self", "bootstrap_addr"),
     HANDLE_FAILURE: ("self", "failed_bootstrap_addr"),
     ENSURE_INFO: ("self", "addr_to_reqs"),
+    RESOLVE_ARGS: ("self",),
+    BOOTSTRAP_INIT: ("self", "host", "port"),
+    # LAUNCH: its hook takes whatever it is given and returns None; only its existence matters
+}
+
+# Upstream's private instance attributes each hook reads or writes.
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    TRY_ENSURE: ("prefill_info_table",),
+    ENSURE_INFO: ("_ensure_last_attempt_time", "_ensure_retry_count", "_max_ensure_retries", "kv_manager"),
+    BOOTSTRAP_INIT: ("dp_size", "attn_cp_size", "attn_tp_size", "pp_size", "prefill_port_table"),
 }
 
 
@@ -46,10 +66,29 @@ def problem(target: str, extra: Callable[[Any], str | None] | None = None) -> st
         names = tuple(inspect.signature(obj).parameters)
     except (TypeError, ValueError):
         return "has no signature to check"
-    expected = PARAMETERS[target]
+    expected = PARAMETERS.get(target, names)
     if names != expected:
         return f"has parameters ({', '.join(names)}), expected ({', '.join(expected)})"
+    missing = _unset(pkgutil.resolve_name(target.rsplit(".", 1)[0]), ATTRIBUTES.get(target, ()))
+    if missing:
+        return f"its class no longer sets {', '.join(missing)}"
     return extra(obj) if extra is not None else None
+
+
+def _unset(cls: Any, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` no class of ``cls``'s MRO assigns to ``self.<name>`` in its source."""
+    if not names:
+        return []
+    assigned: set[str] = set()
+    for klass in getattr(cls, "__mro__", ()):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue  # builtins, classes made at run time: nothing to read
+        assigned.update(node.attr for node in ast.walk(tree)
+                        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                        and isinstance(node.value, ast.Name) and node.value.id == "self")
+    return [name for name in names if name not in assigned]
 
 
 def calls_module_requests_get(method: Any) -> str | None:

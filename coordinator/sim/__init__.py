@@ -18,7 +18,18 @@ from coordinator.clock import SystemClock, seeded_rng
 from coordinator.discovery import default_policy as discovery_policy
 from coordinator.policy import Policy, RetryPolicy
 from coordinator.sim._engine import DecodeJob, PrefillJob, PrefillShard, decode_shard, prefill_shard, run_jobs, shards
-from coordinator.sim._model import BUCKET_S, MAX_RANKS, MAX_SPAN_S, Scenario, Trial, check_counts, draw_trials
+from coordinator.sim._model import (
+    BUCKET_S,
+    MAX_LATENCY_S,
+    MAX_RANK_RUNS,
+    MAX_RANKS,
+    MAX_SPAN_S,
+    MAX_TRIALS,
+    Scenario,
+    Trial,
+    check_counts,
+    draw_trials,
+)
 from coordinator.sim.upstream import sglang_decode, sglang_pr25125
 from coordinator.sim._report import (
     DecodeResult,
@@ -34,9 +45,10 @@ from coordinator.sim._report import (
 from states import State
 
 __all__ = [
-    "BUCKET_S", "DEFAULT_RANKS", "DEFAULT_TRIALS", "MAX_RANKS", "MAX_SPAN_S", "DecodeResult", "Result", "Scenario",
-    "Trial", "check_counts", "compare", "compare_decode", "default_decode_policies", "default_policies", "describe",
-    "draw_trials", "format_decode_table", "format_table", "simulate", "write_plot",
+    "BUCKET_S", "DEFAULT_RANKS", "DEFAULT_TRIALS", "MAX_LATENCY_S", "MAX_RANK_RUNS", "MAX_RANKS", "MAX_SPAN_S",
+    "MAX_TRIALS", "DecodeResult", "Result", "Scenario", "Trial", "check_counts", "compare", "compare_decode",
+    "default_decode_policies", "default_policies", "describe", "draw_trials", "format_decode_table", "format_table",
+    "simulate", "write_plot",
 ]
 
 DEFAULT_RANKS = 512

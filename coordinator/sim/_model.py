@@ -34,6 +34,14 @@ BUCKET_S = 0.1  # the server's load is counted per 100 ms
 MAX_RANKS = 65535 - 17000 + 1
 # The simulator's time and memory grow with the simulated span: an hour bounds each phase.
 MAX_SPAN_S = 3600.0
+# An attempt's round trip: the simulated span (and the per-100 ms series) grows with it. A second
+# is already far beyond any loopback or LAN round trip the figures are about.
+MAX_LATENCY_S = 1.0
+# A restart trial is one driver (1,000 take about 5 s): 100,000 about 10 min.
+MAX_TRIALS = 100_000
+# In the fleet, every rank of every trial is a real driver, and its lag is kept: time and memory
+# grow with ranks x trials. 100x the defaults (512 x 20, 15-30 s on 2 cores): 25-50 min.
+MAX_RANK_RUNS = 1_000_000
 
 _REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "[Errno 111] Connection refused"))
 _HUNG = Outcome.of_failure(Failure.TIMEOUT, Cause("TimeoutError", "no answer (simulated hang)"))
@@ -61,10 +69,11 @@ class Scenario:
             raise ValueError(f"Scenario.late_start min ({low}) must be <= max ({high})")
         if high > MAX_SPAN_S:
             raise ValueError(f"Scenario.late_start max must be <= {MAX_SPAN_S:g} s, got {high}")
-        for name in ("unavailable_s", "hang_s", "start_window_s", "latency_s"):
+        for name, high in (("unavailable_s", MAX_SPAN_S), ("hang_s", MAX_SPAN_S), ("start_window_s", MAX_SPAN_S),
+                           ("latency_s", MAX_LATENCY_S)):
             value = finite(f"Scenario.{name}", getattr(self, name), positive=False)
-            if name != "latency_s" and value > MAX_SPAN_S:
-                raise ValueError(f"Scenario.{name} must be <= {MAX_SPAN_S:g} s, got {value}")
+            if value > high:
+                raise ValueError(f"Scenario.{name} must be <= {high:g} s, got {value}")
         if self.capacity is not None:
             int_in(self.capacity, "Scenario.capacity", low=1)
 
@@ -95,9 +104,14 @@ def draw_trials(scenario: Scenario, *, ranks: int, trials: int, seed: int) -> li
     return out
 
 
-def check_counts(ranks: int, trials: int) -> None:
-    int_in(ranks, "ranks", low=1, high=MAX_RANKS)
-    int_in(trials, "trials", low=1)
+def check_counts(ranks: int, trials: int, names: tuple[str, str] = ("ranks", "trials")) -> None:
+    """``ranks`` and ``trials`` within their bounds and within MAX_RANK_RUNS together; ``names``
+    for the messages (the CLI's flags)."""
+    int_in(ranks, names[0], low=1, high=MAX_RANKS)
+    int_in(trials, names[1], low=1, high=MAX_TRIALS)
+    if ranks * trials > MAX_RANK_RUNS:
+        raise ValueError(f"{names[0]} x {names[1]} must be <= {MAX_RANK_RUNS:,} (the time and memory grow with it), "
+                         f"got {ranks} x {trials}")
 
 
 class PrefillServer:

@@ -63,6 +63,12 @@ class HttpTransport:
     def abort(self) -> None:
         self._watch.abort()
 
+    def peer_closed(self) -> bool:
+        """Whether the server closed the connection the last answer left open (a non-blocking
+        poll): a watching Discovery then checks at once, for a server process that exited
+        closes its connections as it goes, while nothing listens any more."""
+        return self._watch.peer_closed()
+
     def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
         """One PUT; ``Outcome.body`` holds an excerpt of the answer, for messages."""
         return self._request("PUT", url, body, timeout, MAX_BODY_BYTES, _EXCERPT_CHARS)

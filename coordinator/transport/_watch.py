@@ -6,6 +6,7 @@ urllib3 connections and pools that show each attempt's socket to a :class:`Watch
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from typing import Any
@@ -36,12 +37,32 @@ class Watch:
         self._aborted = False
         self.timeout = 0.0
         self.deadline = 0.0  # on REAL_TIME: when the attempt in flight must be over
+        self._kept: socket.socket | None = None  # the connection the last answer left in the pool
 
     def arm(self, timeout: float) -> None:
         """A new attempt begins; after :meth:`abort` every attempt begins cancelled."""
         with self._lock:
             self._sock, self.ending = None, (Failure.CANCELLED if self._aborted else None)
             self.timeout, self.deadline = timeout, REAL_TIME.now() + timeout
+            self._kept = None  # the attempt takes it (or a new one)
+
+    def keep(self, sock: socket.socket | None) -> None:
+        """A connection goes back to the pool, open for the next attempt."""
+        with self._lock:
+            self._kept = sock
+
+    def peer_closed(self) -> bool:
+        """Whether the server has closed the kept connection (its FIN, or anything else to read
+        on an idle HTTP/1.1 connection): one non-blocking poll."""
+        with self._lock:
+            sock = self._kept
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):  # closed on our side meanwhile (the pool discarded it)
+            return False
+        return bool(readable)
 
     def abort(self) -> None:
         """Cancel the attempt in flight and every later one: a stop() landing between two
@@ -205,6 +226,11 @@ class _WatchedPool:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
         self.watch.attach(getattr(conn, "sock", None))  # a pooled, already connected socket
         return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        # None when http.client has let go of the socket (a Connection: close answer).
+        self.watch.keep(getattr(conn, "sock", None))
+        super()._put_conn(conn)  # type: ignore[misc]
 
 
 class _WatchedHTTPPool(_WatchedPool, HTTPConnectionPool):
