@@ -26,16 +26,6 @@ def _check_states() -> None:
 
 _check_states()
 
-# After the check: these import states, and would fail on a shadowing one without naming it.
-from coordinator.protocol import bootstrap_url
-from coordinator.clock import Clock, FakeClock, SystemClock
-from coordinator.driver import StartupFailed
-from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.protocol import PayloadError, validate_payload
-from coordinator.policy import Backoff, Lane, Reason, RetryPolicy
-from coordinator.registration import Registration, RegistrationFailed
-from coordinator.snapshot import Snapshot
-
 __all__ = [
     "Backoff",
     "BootstrapServer",
@@ -61,20 +51,45 @@ __all__ = [
 ]
 
 
-# Imported on first use: a prefill scheduler needs neither the decode side nor the server
-# (http.server), and a decode scheduler needs no server.
+# Each imported on first use (after the check above: they import states): a prefill
+# scheduler needs neither the decode side nor the server (http.server), and whoever
+# imports a submodule alone (the pytest plugin, in every pytest run where the package is
+# installed; the SGLang plugin, in every SGLang process) pays for nothing else.
 _LAZY = {
+    "Backoff": "coordinator.policy",
     "BootstrapServer": "coordinator.server",
+    "Cause": "coordinator.outcome",
+    "Clock": "coordinator.clock",
     "Discovery": "coordinator.discovery",
     "DiscoveryFailed": "coordinator.discovery",
+    "FakeClock": "coordinator.clock",
+    "Failure": "coordinator.outcome",
+    "Lane": "coordinator.policy",
+    "Outcome": "coordinator.outcome",
+    "PayloadError": "coordinator.protocol",
     "PrefillInfo": "coordinator.protocol",
+    "Reason": "coordinator.policy",
+    "Registration": "coordinator.registration",
+    "RegistrationFailed": "coordinator.registration",
+    "RetryPolicy": "coordinator.policy",
+    "Snapshot": "coordinator.snapshot",
+    "StartupFailed": "coordinator.driver",
+    "SystemClock": "coordinator.clock",
+    "bootstrap_url": "coordinator.protocol",
+    "validate_payload": "coordinator.protocol",
 }
 
 if TYPE_CHECKING:
     __version__: str
+    from coordinator.clock import Clock, FakeClock, SystemClock
     from coordinator.discovery import Discovery, DiscoveryFailed
-    from coordinator.protocol import PrefillInfo
+    from coordinator.driver import StartupFailed
+    from coordinator.outcome import Cause, Failure, Outcome
+    from coordinator.policy import Backoff, Lane, Reason, RetryPolicy
+    from coordinator.protocol import PayloadError, PrefillInfo, bootstrap_url, validate_payload
+    from coordinator.registration import Registration, RegistrationFailed
     from coordinator.server import BootstrapServer
+    from coordinator.snapshot import Snapshot
 
 
 def _version() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Any
 import pytest
 
 from coordinator.testing import FakeClock, example_payload
+
+# The real-SGLang tier runs where sglang is installed (scripts/real_sglang.sh), not here.
+collect_ignore = [] if importlib.util.find_spec("sglang") else ["sglang_real"]
 
 
 @pytest.fixture

@@ -270,3 +270,21 @@ def test_status_query_answers_what_the_probes_read(receiver: Receiver) -> None:
     report = query(receiver.name)
     assert report.expected_ranks == 2
     assert [s.name for _, s in report.members] == ["rank0"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
+def test_another_user_is_not_heard_even_from_a_descendant(receiver: Receiver,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    data = encode(1, registered("intruder").snapshot())
+    with caplog.at_level(logging.WARNING, "coordinator.instance"):
+        pid = os.fork()  # nobody can run this interpreter (it lives under /root): no exec
+        if pid == 0:
+            try:
+                os.setuid(65534)
+                Sender(receiver.name)._sock.sendto(data, "\0" + receiver.name)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        until(lambda: bool(caplog.records), "the complaint")
+    assert receiver.board.members() == []
+    assert "reason=another user count=1" in caplog.records[0].getMessage()

@@ -28,6 +28,10 @@ log = logging.getLogger("coordinator.instance")
 PREFIX = "prefill-startup/"  # every name: PREFIX + "<main pid>/<n>"
 SEND_TIMEOUT_S = 1.0  # a full receive queue blocks a sender this long, then the snapshot is dropped
 COMPLAIN_EVERY_S = 60.0  # one line per kind of bad datagram per minute, with a count
+# Read this many datagrams back to back, then pause: a flood (a runaway or hostile sender)
+# then costs the main process a bounded share of its CPU, and its other threads (the probes,
+# SGLang's HTTP server) get the interpreter in between. An instance sends a few per transition.
+BURST, PAUSE_S = 32, 0.005
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 _MAX_DEPTH = 64  # ancestors walked to decide whether a sender descends from the main process
 
@@ -166,6 +170,7 @@ class Receiver:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.name = self._bind()
+        self._clock = clock
         self._complain = _Complaints(clock)
         self._kin: dict[int, bool] = {}  # sender pid -> descends from this process
         self._stopping = False
@@ -186,7 +191,9 @@ class Receiver:
     def _loop(self) -> None:
         me, uid = os.getpid(), os.geteuid()
         space = socket.CMSG_SPACE(_UCRED.size)
-        while True:
+        for n in itertools.count(1):
+            if n % BURST == 0:
+                self._clock.sleep(PAUSE_S)
             try:
                 data, ancillary, flags, address = self._sock.recvmsg(MAX_DATAGRAM, space)
             except OSError:

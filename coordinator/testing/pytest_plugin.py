@@ -11,15 +11,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from coordinator.clock import FakeClock
-from coordinator.discovery import Discovery
-from coordinator.testing import example_payload
-from coordinator.registration import Registration
-from coordinator.testing._scripted import ScriptedTransport, Step
+# pytest loads this module in every run wherever the package is installed: the drivers are
+# imported by the fixtures that use them, never at load.
+if TYPE_CHECKING:
+    from coordinator.clock import FakeClock
+    from coordinator.discovery import Discovery
+    from coordinator.registration import Registration
+    from coordinator.testing._scripted import Step
 
 URL = "http://bootstrap.test:8998/route"
 
@@ -27,12 +29,17 @@ URL = "http://bootstrap.test:8998/route"
 @pytest.fixture
 def fake_clock() -> FakeClock:
     """Virtual time at 0: sleeps return at once and are recorded in ``.sleeps``."""
+    from coordinator.clock import FakeClock
+
     return FakeClock()
 
 
 @pytest.fixture
 def scripted_registration(fake_clock: FakeClock) -> Callable[..., Registration]:
     """``scripted_registration(script, **kwargs)``: a Registration on ``fake_clock`` answered by the script."""
+    from coordinator.registration import Registration
+    from coordinator.testing import ScriptedTransport, example_payload
+
     def make(script: Iterable[Step], **kwargs: Any) -> Registration:
         payload = kwargs.pop("payload", None) or example_payload()
         kwargs.setdefault("clock", fake_clock)
@@ -45,6 +52,9 @@ def scripted_registration(fake_clock: FakeClock) -> Callable[..., Registration]:
 @pytest.fixture
 def scripted_discovery(fake_clock: FakeClock) -> Callable[..., Discovery]:
     """``scripted_discovery(script, **kwargs)``: a Discovery on ``fake_clock`` answered by the script."""
+    from coordinator.discovery import Discovery
+    from coordinator.testing import ScriptedTransport
+
     def make(script: Iterable[Step], **kwargs: Any) -> Discovery:
         kwargs.setdefault("clock", fake_clock)
         return Discovery(kwargs.pop("bootstrap", "bootstrap.test:8998"),

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.instance import channels
+from coordinator.instance._channel import owner
 from coordinator.testing import free_port
 from tests.sglang_real.conftest import Launch
 
@@ -34,7 +36,7 @@ def both_ranks_waiting(status: int, body: str) -> bool:
 
 
 def startup_is_shown_while_it_happens(run: Launch) -> None:
-    run.event("launching")  # inside Engine._launch_subprocesses: schedulers started, no bootstrap server
+    # Inside Engine._launch_subprocesses: schedulers started, no bootstrap server yet.
     status, body = run.until("/readyz?verbose", both_ranks_waiting)
     assert status == 503
     assert body.startswith("[-]ranks waiting for 2 of 2 ranks of the instance\n")
@@ -52,8 +54,12 @@ def startup_is_shown_while_it_happens(run: Launch) -> None:
 
 @pytest.mark.parametrize("entry", ["launch_server", "serve"])
 def test_the_probe_port_shows_startup_and_the_app_gets_startup_mounted(
-        entry: str, launch: Callable[..., Launch], model_dir: Path) -> None:
-    run = launch(entry, server_args(model_dir))
+        entry: str, launch: Callable[..., Launch], model_dir: Path, tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    run = launch(entry, server_args(model_dir), TMPDIR=str(tmp))
+    main_pid = run.event("launching")["pid"]
+    assert any(owner(name) == main_pid for name in channels())
     startup_is_shown_while_it_happens(run)
     # Past _launch_subprocesses, SGLang's own app (whose port opens only now) has /startup too.
     answers = run.event("http_app")["answers"]
@@ -67,6 +73,9 @@ def test_the_probe_port_shows_startup_and_the_app_gets_startup_mounted(
     stderr = run.stderr()
     assert "Finished processing state" not in stderr and "transitions.core" not in stderr
     assert stderr.count("prefill_startup.probes") == 1  # the mount; the port's line is logged before SGLang's logging
+    # Nothing of ours left behind: no file, and the channel's name went with the process.
+    assert not [p for p in tmp.rglob("*") if "prefill-startup" in p.name]
+    assert not any(owner(name) == main_pid for name in channels())
 
 
 def test_engine_keeps_the_probe_port_and_mounts_nothing(launch: Callable[..., Launch], model_dir: Path) -> None:
@@ -74,6 +83,7 @@ def test_engine_keeps_the_probe_port_and_mounts_nothing(launch: Callable[..., La
             "skip_tokenizer_init": True, "port": free_port(), "disaggregation_bootstrap_port": free_port(),
             "log_level": "info"}
     run = launch("engine", [json.dumps(args)])
+    run.event("launching")
     startup_is_shown_while_it_happens(run)
     assert run.event("engine_ready")["http_server_imported"] is False
     assert run.probe("/readyz")[0] == 200  # the port stays: an Engine has no HTTP server to mount on
