@@ -1,14 +1,15 @@
-"""The decode scheduler's tick inside SGLang 0.5.23's released code while the bootstrap
-server hangs: upstream's ``_ensure_prefill_info`` unhooked, then hooked by our plugin
-(loaded by SGLang's real ``load_plugins``). Prints a Markdown table; not a test.
+"""The decode scheduler's tick inside SGLang 0.5.23 while the bootstrap server hangs: upstream's
+``_ensure_prefill_info`` unhooked, then hooked by our plugin (loaded by SGLang's real
+``load_plugins``). Prints a Markdown table; not a test.
 
-Both run the real method bodies from the wheel (coordinator.testing._sglang_release):
-unhooked, ``try_ensure_parallel_info`` makes its blocking ``requests.get(timeout=5)`` on
-the scheduler thread once a second; hooked, the scheduler thread only reads a snapshot
-while a background Discovery keeps trying. Each tick also spins ~50 us, standing in for
-a scheduler step. Targets for the hooked tick: p99 <= 0.1 ms, max <= 5 ms.
+SGLang is imported for real (the real-SGLang environment: scripts/real_sglang.sh --python);
+the managers are built as the real-SGLang tests build them (tests/sglang_real/_sglang.py).
+Unhooked, ``try_ensure_parallel_info`` makes its blocking ``requests.get(timeout=5)`` on the
+scheduler thread once a second; hooked, the scheduler thread only reads a snapshot while a
+background Discovery keeps trying. Each tick also spins ~50 us, standing in for a scheduler
+step. Targets for the hooked tick: p99 <= 0.1 ms, max <= 5 ms.
 
-Run: .venv/bin/python scripts/plugin_tick_bench.py [--seconds 12] [--json]
+Run: $(bash scripts/real_sglang.sh --python) scripts/plugin_tick_bench.py [--seconds 12] [--json]
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ import logging
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT)]
 from tick_bench import _figures, _loop, hanging_server  # noqa: E402 - the same server, loop and figures
 
-from coordinator.testing import _sglang_release as sr  # noqa: E402
+from sglang.srt.plugins import load_plugins  # noqa: E402
+
+from coordinator.sglang import _install  # noqa: E402
+from tests.sglang_real._sglang import decode_requests, kv_manager, prealloc_queue  # noqa: E402
 
 
 def _ticks(queue: Any, addr: str, seconds: float) -> list[float]:
-    reqs = [SimpleNamespace(kv_receiver=None)]
+    reqs = decode_requests([])
     return _loop(seconds, lambda _: queue._ensure_prefill_info({addr: reqs}))
 
 
@@ -40,16 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.disable(logging.ERROR)  # upstream logs an ERROR per timed-out lookup; the table is the output
     os.environ["SGLANG_PLUGINS"] = "prefill_startup"
-    os.environ.setdefault("PREFILL_STARTUP_STATE_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "tick-bench"))
-    framework, conn, decode = sr.plugin_framework(), sr.load_conn(), sr.load_decode()
+    os.environ.setdefault("PREFILL_STARTUP_HEALTH_PORT", "0")  # the probe port: any free one
     figures: dict[str, dict[str, Any]] = {}
     with hanging_server() as port:
         addr = f"127.0.0.1:{port}"
-        figures["upstream (unhooked)"] = _figures(
-            _ticks(sr.make_prealloc_queue(decode, sr.make_kv_manager(conn)), addr, args.seconds))
-        framework.load_plugins()  # SGLang's real loader finds our entry point and applies the hooks
-        figures["ours (hooked)"] = _figures(
-            _ticks(sr.make_prealloc_queue(decode, sr.make_kv_manager(conn)), addr, args.seconds))
+        figures["upstream (unhooked)"] = _figures(_ticks(prealloc_queue(kv_manager()), addr, args.seconds))
+        load_plugins()  # SGLang's real loader finds our entry point and applies the hooks
+        try:
+            figures["ours (hooked)"] = _figures(_ticks(prealloc_queue(kv_manager()), addr, args.seconds))
+        finally:
+            _install.shutdown()  # its Discovery's connection closed before the server's
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0

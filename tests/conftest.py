@@ -6,7 +6,6 @@ import importlib.util
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -37,18 +36,3 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
     yield path, sock
     sock.close()
 
-
-@pytest.fixture(scope="module")
-def conn() -> ModuleType:
-    """sglang 0.5.23's ``disaggregation.common.conn``, its real definitions (coordinator.testing._sglang_release)."""
-    from coordinator.testing import _sglang_release as sr
-
-    return sr.load_conn()
-
-
-@pytest.fixture(scope="module")
-def decode() -> ModuleType:
-    """sglang 0.5.23's ``disaggregation.decode``, its real ``_ensure_prefill_info``."""
-    from coordinator.testing import _sglang_release as sr
-
-    return sr.load_decode()

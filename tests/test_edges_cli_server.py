@@ -21,8 +21,8 @@ from coordinator.server import _base
 from coordinator.sim import MAX_LATENCY_S, MAX_RANK_RUNS, MAX_TRIALS, Scenario, check_counts
 from coordinator.testing import free_port
 # Their helpers and fixtures (used by name, hence F401), rather than copies.
-from test_cli_wait import _cli, complete_prefill, restore_logging  # noqa: F401
-from test_server_long_poll import (  # noqa: F401
+from tests.test_cli_wait import _cli, complete_prefill, restore_logging  # noqa: F401
+from tests.test_server_long_poll import (  # noqa: F401
     NOT_YET,
     WAIT_S,
     answer_of,

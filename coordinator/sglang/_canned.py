@@ -4,7 +4,8 @@
 SGLang's sanity checks and builds ``PrefillServerInfo`` itself. To keep all of that
 SGLang's, the plugin stands a :class:`CannedRequests` in for the ``requests`` name of
 that module. While the plugin calls upstream's body on the scheduler thread, ``get()``
-answers the one URL it expects from the completed Discovery, and refuses any other at
+answers the one request it expects (that address's topology: ``GET /route`` with all
+four query values -1, in any order) from the completed Discovery, and refuses any other at
 once (a ``ConnectionError``, which upstream's body takes as "not yet"): the scheduler
 thread never waits on the network. Every other thread (upstream's heartbeat) gets the
 real ``requests``.
@@ -18,10 +19,22 @@ import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 
+from coordinator.protocol import QUERY_FIELDS, ROUTE_PATH
+
 _OFFLINE = ("", b"")  # answering nothing: every get() is refused
+_TOPOLOGY = {field: ["-1"] for field in QUERY_FIELDS}
+
+
+def _topology_of(url: str) -> str | None:
+    """The ``host:port`` whose topology ``url`` asks for, or None when it asks something else."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.path != ROUTE_PATH or parse_qs(parts.query) != _TOPOLOGY:
+        return None
+    return parts.netloc
 
 
 class CannedRequests:
@@ -36,8 +49,8 @@ class CannedRequests:
         canned: tuple[str, bytes] | None = getattr(self._local, "answer", None)
         if canned is None:
             return self._real.get(url, *args, **kwargs)
-        prefix, body = canned
-        if not prefix or not url.startswith(prefix):
+        addr, body = canned
+        if not addr or _topology_of(url) != addr:
             raise requests.ConnectionError(f"prefill-startup: no network I/O on the scheduler thread ({url})")
         response = requests.Response()
         response.status_code, response.url, response.encoding = 200, url, "utf-8"
@@ -46,10 +59,10 @@ class CannedRequests:
         return response
 
     @contextlib.contextmanager
-    def answering(self, url_prefix: str, data: dict[str, Any]) -> Iterator[None]:
-        """Within the block, on this thread, ``get(url_prefix…)`` answers 200 with ``data``;
-        any other URL is refused."""
-        with self._canned((url_prefix, json.dumps(data).encode())):
+    def answering(self, addr: str, data: dict[str, Any]) -> Iterator[None]:
+        """Within the block, on this thread, a ``get()`` of ``addr``'s topology answers 200 with
+        ``data``; any other URL is refused."""
+        with self._canned((addr, json.dumps(data).encode())):
             yield
 
     def offline(self) -> contextlib.AbstractContextManager[None]:

@@ -152,7 +152,7 @@ class DecodeSide:
         if info is None:
             return False
         # Upstream's body parses, checks and caches it, as if it had fetched it itself.
-        with self._canned.answering(f"http://{addr}/route?", info.topology_json()):
+        with self._canned.answering(addr, info.topology_json()):
             return original(manager, addr)
 
     def ensure(self, original: Callable[..., Any], queue_: Any, addr_to_reqs: dict[str, list[Any]]) -> Any:

@@ -45,8 +45,10 @@ def _resolved(server_args: Any) -> dict[str, Any]:
     return {k: getattr(view, k) for k in _FIELDS}
 
 
-def learn(board: Board) -> Callable[..., None]:
-    """An AFTER hook for ``ServerArgs.resolve_once(self)``: tell the board what to wait for."""
+def learn(board: Board, probes: str | None) -> Callable[..., None]:
+    """An AFTER hook for ``ServerArgs.resolve_once(self)``: tell the board what to wait for.
+    Its log line also names the probe port (``probes``), once SGLang's logging is set up:
+    the line at plugin load came before it."""
 
     def hook(result: Any, server_args: Any) -> None:
         try:
@@ -57,7 +59,7 @@ def learn(board: Board) -> Callable[..., None]:
             return
         if found != board.expected():  # resolve_once is called again by each launch step
             board.expect(found)
-            log.info("prefill_startup.ranks mode=%s expected=%s", args["disaggregation_mode"],
-                     "none" if found is None else f"{found.ranks} {found.where}")
+            log.info("prefill_startup.ranks mode=%s expected=%s probes=%s", args["disaggregation_mode"],
+                     "none" if found is None else f"{found.ranks} {found.where}", probes or "none")
 
     return hook

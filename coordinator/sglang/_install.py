@@ -78,7 +78,8 @@ def install(environ: MutableMapping[str, str] | None = None) -> PluginContext | 
     if board is not None:  # the instance's main process: its probes
         installed.probes = _probes.serve(board, settings.health_host, settings.health_port)
         if _usable(t.RESOLVE_ARGS):
-            hooks.append(t.Hook(t.RESOLVE_ARGS, "AFTER", learn(board)))
+            url = None if installed.probes is None else installed.probes.url
+            hooks.append(t.Hook(t.RESOLVE_ARGS, "AFTER", learn(board, url)))
         if _usable(t.BOOTSTRAP_INIT):  # node 0 hosts it: its probes then cover the whole instance
             hooks.append(t.Hook(t.BOOTSTRAP_INIT, "AFTER", follow(board)))
         # SGLang's app exists once http_server is imported: before the plugin loads (an

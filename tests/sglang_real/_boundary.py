@@ -34,7 +34,7 @@ import os
 import runpy
 import sys
 import threading
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 ENGINE = "sglang.srt.entrypoints.engine"
@@ -136,10 +136,12 @@ class _Patch(importlib.abc.MetaPathFinder):
         if name not in (ENGINE, HTTP_SERVER):
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
-        loader = spec.loader
+        loader: Any = None if spec is None else spec.loader
+        if loader is None:
+            return None
         real_exec = loader.exec_module
 
-        def exec_module(module: ModuleType) -> None:
+        def exec_module(module: Any) -> None:
             real_exec(module)
             if name == ENGINE:
                 module.Engine._launch_subprocesses = classmethod(launch_subprocesses)

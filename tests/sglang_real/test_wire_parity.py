@@ -1,8 +1,8 @@
 """Our bootstrap server against SGLang 0.5.23's own (issue 16): the real ``CommonKVBootstrapServer``
-from the wheel (coordinator.testing._sglang_release) and ours get the same generated request
-sequences and must give the same answers: statuses, JSON bodies byte for byte, texts where
-ours keeps upstream's. The deliberate differences are never papered over: each is asserted
-where it shows (a retried PUT) or in its own test (409, bad input, the token)."""
+(SGLang imported for real) and ours get the same generated request sequences and must give the
+same answers: statuses, JSON bodies byte for byte, texts where ours keeps upstream's. The
+deliberate differences are never papered over: each is asserted where it shows (a retried PUT)
+or in its own test (409, bad input, the token)."""
 
 from __future__ import annotations
 
@@ -13,23 +13,17 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sglang.srt.disaggregation.common.conn import PrefillServerInfo
 
 from coordinator import BootstrapServer
 from coordinator.protocol import QUERY_FIELDS, parse_topology
-from coordinator.testing import _sglang_release as sr
 from coordinator.testing import example_payload
-
-pytest.importorskip("aiohttp", reason="aiohttp (SGLang's bootstrap server needs it) is not installed")
-try:
-    sr.wheel_source()
-except sr.SglangReleaseUnavailable as e:
-    pytest.skip(f"SGLang wheel not available, nothing to compare with: {e}", allow_module_level=True)
+from tests.sglang_real._sglang import bootstrap_server
 
 ABSENT = object()  # a payload field left out
 LAYOUT_A = {"num_draft_tokens": 4, "compression_ratios": [2, 4], "state_types": ["swa", "swa"]}
@@ -78,19 +72,10 @@ def route(dp: object, cp: object, tp: object, pp: object) -> str:
 TOPOLOGY = route(-1, -1, -1, -1)
 
 
-@pytest.fixture(scope="module")
-def conn() -> ModuleType:
-    return sr.load_conn()
-
-
 @contextmanager
-def both(conn: ModuleType, token: str | None = None) -> Iterator[tuple[Any, BootstrapServer]]:
-    upstream = sr.start_bootstrap_server(conn)
-    try:
-        with BootstrapServer(token=token) as ours:
-            yield upstream, ours
-    finally:
-        sr.stop_bootstrap_server(upstream)
+def both(token: str | None = None) -> Iterator[tuple[Any, BootstrapServer]]:
+    with bootstrap_server() as upstream, BootstrapServer(token=token) as ours:
+        yield upstream, ours
 
 
 # --- generated sequences --------------------------------------------------------------------
@@ -173,7 +158,7 @@ def sequences(draw: st.DrawFn) -> tuple[Shape, list[Req]]:
 _OF_EXPECTED = re.compile(r" of \d+ workers registered")
 
 
-def check(req: Req, up: Answer, ours: Answer, upstream: Any, server: BootstrapServer, conn: ModuleType) -> None:
+def check(req: Req, up: Answer, ours: Answer, upstream: Any, server: BootstrapServer) -> None:
     where = f"{req!r}: upstream {up}, ours {ours}"
     counts_differ = upstream._registered_count != server.registered_count  # after a retried PUT only
     if req.method == "GET" and req.path.startswith("/route?") and ours.status == 503 and up.status in (200, 404):
@@ -187,7 +172,7 @@ def check(req: Req, up: Answer, ours: Answer, upstream: Any, server: BootstrapSe
     elif up.status == 200 and up.media_type == "application/json":  # a topology or a rank: byte for byte
         assert (ours.media_type, ours.body) == ("application/json", up.body), where
         if req.path == TOPOLOGY:
-            check_topology(up.body, conn)
+            check_topology(up.body)
     elif up.status == 503 and not counts_differ:  # ours adds how many are expected
         assert _OF_EXPECTED.sub(" workers registered", ours.text) == up.text, where
     elif req.method == "PUT" and up.status == 400:  # upstream's text, then the field named
@@ -198,24 +183,24 @@ def check(req: Req, up: Answer, ours: Answer, upstream: Any, server: BootstrapSe
     # query value (ours names it), a 503 whose count is the retried PUT's difference.
 
 
-def check_topology(body: bytes, conn: ModuleType) -> None:
+def check_topology(body: bytes) -> None:
     """PrefillInfo gives the answer back whole, and upstream's decode side builds its
     PrefillServerInfo from that."""
     sent = json.loads(body)
     again = parse_topology(body.decode()).topology_json()
     assert list(again.items()) == list(sent.items())
-    built = dataclasses.asdict(conn.PrefillServerInfo(**again))
+    built = dataclasses.asdict(PrefillServerInfo(**again))
     assert {k: v for k, v in built.items() if k in sent} == sent
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=sequences())
-def test_same_requests_same_answers(conn: ModuleType, case: tuple[Shape, list[Req]]) -> None:
+def test_same_requests_same_answers(case: tuple[Shape, list[Req]]) -> None:
     _, reqs = case
-    with both(conn) as (upstream, ours):
+    with both() as (upstream, ours):
         for req in reqs:
             up, mine = send(upstream.port, req), send(ours.port, req)
-            check(req, up, mine, upstream, ours, conn)
+            check(req, up, mine, upstream, ours)
             if req.method == "PUT":  # the same PUTs accepted: upstream's count is ours of accepted PUTs
                 assert ours.put_count == upstream._registered_count, req
 
@@ -237,8 +222,8 @@ def get(port: int, path: str) -> Answer:
     return send(port, Req("GET", path))
 
 
-def test_a_retried_put_makes_upstream_ready_early_and_not_ours(conn: ModuleType) -> None:
-    with both(conn) as (upstream, ours):
+def test_a_retried_put_makes_upstream_ready_early_and_not_ours() -> None:
+    with both() as (upstream, ours):
         for _ in range(2):  # rank 0's PUT, retried after a lost answer
             assert put(upstream.port, example_payload(0, 2)).status == put(ours.port, example_payload(0, 2)).status == 200
         assert get(upstream.port, TOPOLOGY).status == 200  # "ready" with rank 1 missing
@@ -251,8 +236,8 @@ def test_a_retried_put_makes_upstream_ready_early_and_not_ours(conn: ModuleType)
         assert get(upstream.port, TOPOLOGY) == get(ours.port, TOPOLOGY)
 
 
-def test_a_table_size_conflict_is_409_here_and_mis_sizes_upstream(conn: ModuleType) -> None:
-    with both(conn) as (upstream, ours):
+def test_a_table_size_conflict_is_409_here_and_mis_sizes_upstream() -> None:
+    with both() as (upstream, ours):
         first, other = example_payload(0, 2), example_payload(3, 4)
         assert put(upstream.port, first).status == put(ours.port, first).status == 200
         assert put(upstream.port, other).status == 200
@@ -272,24 +257,24 @@ def test_a_table_size_conflict_is_409_here_and_mis_sizes_upstream(conn: ModuleTy
     ({"kv_cache_dtype": ABSENT}, "kv_cache_dtype", 500),
 ], ids=lambda v: str(v)[:30])
 def test_bad_input_is_400_naming_the_field_where_upstream_500s_or_accepts(
-        conn: ModuleType, change: dict[str, Any], field: str, upstream_status: int) -> None:
+        change: dict[str, Any], field: str, upstream_status: int) -> None:
     payload = {k: v for k, v in {**example_payload(), **change}.items() if v is not ABSENT}
-    with both(conn) as (upstream, ours):
+    with both() as (upstream, ours):
         assert put(upstream.port, payload).status == upstream_status
         answer = put(ours.port, payload)
         assert answer.status == 400 and answer.text.startswith(f"payload field {field!r}: ")
 
 
 @pytest.mark.parametrize("path", [route("x", 0, 0, 0), route(-1, -1, "1.0", -1)])
-def test_a_query_value_not_an_integer_is_400_where_upstream_500s(conn: ModuleType, path: str) -> None:
-    with both(conn) as (upstream, ours):
+def test_a_query_value_not_an_integer_is_400_where_upstream_500s(path: str) -> None:
+    with both() as (upstream, ours):
         assert get(upstream.port, path).status == 500
         answer = get(ours.port, path)
         assert answer.status == 400 and answer.text.startswith("query parameter ")
 
 
-def test_the_optional_token_is_401_without_it(conn: ModuleType) -> None:
-    with both(conn, token="s3cret") as (upstream, ours):
+def test_the_optional_token_is_401_without_it() -> None:
+    with both(token="s3cret") as (upstream, ours):
         assert put(upstream.port, example_payload()).status == 200
         assert put(ours.port, example_payload()).status == 401
         assert put(ours.port, example_payload(), {"Authorization": "Bearer s3cret"}).status == 200
