@@ -22,7 +22,7 @@ from coordinator import validate
 from coordinator.clock import Clock, Rng, SystemClock, entropy_rng
 from coordinator.instrumentation import AttemptRecord, Hook, Record, TransitionRecord, default_hooks
 from coordinator.instrumentation._log import default_logger
-from coordinator.outcome import Cause, Failure, Outcome, cause_of
+from coordinator.outcome import Cause, Failure, HarnessError, Outcome, cause_of
 from coordinator.policy import NO_FAILURES, Decision, Policy, Reason, RetryPolicy
 from coordinator.snapshot import Kind, Snapshot
 from states import GUARDS, TERMINAL, TRANSITIONS, State, Trigger, Verdict
@@ -180,7 +180,7 @@ class Driver(Generic[T]):
         self._lifecycle = threading.Lock()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
-        self._crash: AssertionError | None = None  # a test's fake failing on the background thread
+        self._crash: Exception | None = None  # what broke a background run: a test's fake, or a bug
         self._watch: _Watch | None = None  # a driver made with watch=True: see _enable_watch
         # Why REGISTERED no longer holds, until the driver acts on it: (the seq of the REGISTERED
         # snapshot it is about, a bounded code for metrics, a message). A cause about an earlier
@@ -299,8 +299,8 @@ class Driver(Generic[T]):
         """The terminal snapshot, or the current one when ``timeout`` expires first. A
         watching driver's run goes on after REGISTERED: this returns once it is there.
 
-        Re-raises an AssertionError the background run ended on (a test's fake, e.g. a
-        script run past its end), so the test sees it."""
+        Re-raises the error a background run ended on (a test's fake's ``HarnessError``, e.g.
+        a script run past its end; or a bug), so the caller sees it."""
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             if self._watch is not None:
@@ -352,10 +352,10 @@ class Driver(Generic[T]):
     def _guarded_run(self, keep_watching: bool) -> Snapshot:
         try:
             return self._run_to_end(keep_watching)
-        except AssertionError as exc:
-            # Not a network failure but a test's fake saying the test is wrong: the driver
-            # still ends (FAILED, "internal", so probes stop calling it alive), and the
-            # error reaches the test from run() or wait().
+        except Exception as exc:  # noqa: BLE001 - re-raised to the caller below, never swallowed
+            # Not a network failure: a test's fake saying the test is wrong (HarnessError), or
+            # a bug. The driver still ends (FAILED, "internal", so probes stop calling it
+            # alive), and the error reaches the caller from run() or wait() as what it is.
             self._crash = exc
             with self._drive:
                 self._fire(Trigger.CANCEL, self._clock.now(), {"reason": Reason.INTERNAL, "last_error": cause_of(exc)})
@@ -466,7 +466,7 @@ class Driver(Generic[T]):
             return
         try:
             outcome = self._perform(timeout)
-        except AssertionError:
+        except HarnessError:
             raise  # a test's fake saying the test is wrong (e.g. a script run past its end)
         except Exception as exc:  # noqa: BLE001 - a custom transport's bug must not kill the driver
             outcome = Outcome.of_failure(Failure.INTERNAL, cause_of(exc))

@@ -23,6 +23,12 @@ class Failure(str, Enum):
     INVALID = "invalid"  # an answer no retry can fix: malformed, or a topology that disagrees
 
 
+class HarnessError(Exception):
+    """Raised by a stand-in for the network (a test kit's transport) to say that the test
+    itself is wrong, never that the network failed: a driver ends FAILED (``internal``) and
+    re-raises it from ``run()`` or ``wait()`` instead of retrying."""
+
+
 @dataclass(frozen=True)
 class Cause:
     """The innermost exception of a failure: its type name and message."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from coordinator import FakeClock, Registration
-from coordinator.testing import FaultServer, ScriptedTransport, ScriptError, TimingTransport, example_payload
+from coordinator import FakeClock, Reason, Registration
+from coordinator.outcome import HarnessError
+from coordinator.testing import Call, FaultServer, ScriptedTransport, ScriptError, TimingTransport, example_payload
+from states import State
 from coordinator.testing.faultserver import respond
 
 URL = "http://bootstrap.test:8998/route"
@@ -37,3 +41,30 @@ def test_timing_transport_times_lookups_too() -> None:
         timing.close()
     assert outcome.status == 503
     assert timing.timeouts == [2.0] and len(timing.durations) == 1
+
+
+def test_a_check_inside_a_step_fails_the_test_as_a_script_error() -> None:
+    def step(call: Call) -> int:
+        assert call.method == "GET", "expected a GET"
+        return 200
+
+    reg = Registration(URL, example_payload(), clock=FakeClock(), hooks=(), transport=ScriptedTransport([step]))
+    with pytest.raises(ScriptError, match="attempt 1: step .* failed its check: expected a GET") as info:
+        reg.run()
+    assert isinstance(info.value.__cause__, AssertionError)
+    assert reg.snapshot().reason is Reason.INTERNAL
+
+
+class BrokenClock(FakeClock):
+    def sleep(self, seconds: float, interrupt: threading.Event | None = None) -> None:
+        assert False, "an invariant of the library's own"  # noqa: B011 - a production assert that fires
+
+
+def test_a_bug_in_the_run_reaches_the_caller_as_itself_never_as_a_kit_error() -> None:
+    reg = Registration(URL, example_payload(), clock=BrokenClock(), hooks=(), transport=ScriptedTransport([503]))
+    reg.start()
+    with pytest.raises(AssertionError, match="an invariant of the library's own") as info:
+        reg.wait(5)
+    assert not isinstance(info.value, HarnessError)
+    snap = reg.snapshot()
+    assert (snap.state, snap.reason) == (State.FAILED, Reason.INTERNAL)

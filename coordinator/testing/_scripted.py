@@ -8,7 +8,7 @@ from typing import Union
 
 from coordinator import validate
 from coordinator.clock import FakeClock, SystemClock
-from coordinator.outcome import Cause, Failure, Outcome
+from coordinator.outcome import Cause, Failure, HarnessError, Outcome
 from coordinator.protocol import EXTENSION_PREFIX
 from coordinator.transport import HttpTransport, Transport
 
@@ -71,7 +71,10 @@ def _checked(step: Step) -> Step:
 
 
 def _resolve(step: Step, call: Call, n: int) -> Outcome:
-    answer = step(call) if callable(step) and not isinstance(step, BaseException) else step
+    try:
+        answer = step(call) if callable(step) and not isinstance(step, BaseException) else step
+    except AssertionError as exc:  # the test's own check inside its step: fail the test
+        raise ScriptError(f"attempt {n}: step {step!r} failed its check: {exc}") from exc
     if isinstance(answer, BaseException):
         raise answer  # a transport that breaks: the driver must survive it
     try:
@@ -139,9 +142,9 @@ class ScriptedTransport:
         self.closes += 1
 
 
-class ScriptError(AssertionError):
-    """A script step the kit cannot turn into an answer: the test is wrong, so it fails
-    (an AssertionError reaches the test even from a driver's background thread)."""
+class ScriptError(HarnessError):
+    """A script step the kit cannot turn into an answer, or whose own check failed: the test is
+    wrong, so it fails (a HarnessError reaches the test even from a driver's background thread)."""
 
 
 class ScriptExhausted(ScriptError):
