@@ -49,6 +49,8 @@ _TROUBLE_FAILURES = frozenset(
 _LAST_ATTEMPT_MIN_S = 0.05
 _MIN_SLEEP_S = 1e-3
 MAX_ATTEMPT_TIMEOUT_S = 3600.0
+MIN_ATTEMPT_TIMEOUT_S = 1e-3  # shorter, no connection can be made: every attempt would time out
+MAX_DEADLINE_S = 365 * 86400.0  # a year; "no deadline" is None. Past it, clock sums lose their seconds.
 
 
 @dataclass(frozen=True)
@@ -204,11 +206,14 @@ class RetryPolicy:
         owner = "RetryPolicy"
         if self.max_attempts is not None:
             validate.int_in(self.max_attempts, f"{owner}.max_attempts", low=1)
-        if self.deadline_s is not None:
-            finite(f"{owner}.deadline_s", self.deadline_s, positive=True)
-        if finite(f"{owner}.attempt_timeout_s", self.attempt_timeout_s, positive=True) > MAX_ATTEMPT_TIMEOUT_S:
+        if self.deadline_s is not None and finite(f"{owner}.deadline_s", self.deadline_s, positive=True) > MAX_DEADLINE_S:
+            raise ValueError(f"{owner}.deadline_s must be <= {MAX_DEADLINE_S:g} (or None: no deadline), "
+                             f"got {self.deadline_s}")
+        timeout = finite(f"{owner}.attempt_timeout_s", self.attempt_timeout_s, positive=True)
+        if not MIN_ATTEMPT_TIMEOUT_S <= timeout <= MAX_ATTEMPT_TIMEOUT_S:
             # Sockets take their timeout in C; a huge one overflows there, mid-attempt.
-            raise ValueError(f"{owner}.attempt_timeout_s must be <= {MAX_ATTEMPT_TIMEOUT_S:g}, got {self.attempt_timeout_s}")
+            raise ValueError(f"{owner}.attempt_timeout_s must be in [{MIN_ATTEMPT_TIMEOUT_S:g}, "
+                             f"{MAX_ATTEMPT_TIMEOUT_S:g}], got {self.attempt_timeout_s}")
         for name in ("refused", "trouble", "pending"):
             lane = getattr(self, name)
             if not isinstance(lane, Backoff) and not (name == "refused" and lane is None):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
 from coordinator import validate
-from coordinator.policy import MAX_ATTEMPT_TIMEOUT_S
+from coordinator.policy import MAX_ATTEMPT_TIMEOUT_S, MAX_DEADLINE_S, MIN_ATTEMPT_TIMEOUT_S
 
 PREFIX: Final = "PREFILL_STARTUP_"
 LOG_FORMATS: Final = ("auto", "console", "json")
@@ -61,16 +61,20 @@ def deadline(text: str) -> float | None:
     if text.lower() == "none":
         return None
     try:
-        return positive(text)
+        seconds = positive(text)
     except ValueError:
         raise ValueError(f"must be a decimal number or 'none' (seconds > 0), got {text!r}") from None
+    if seconds > MAX_DEADLINE_S:
+        raise ValueError(f"must be <= {MAX_DEADLINE_S:g} seconds (a year) or 'none', got {text!r}")
+    return seconds
 
 
 def attempt_timeout(text: str) -> float:
     seconds = positive(text)
-    if seconds > MAX_ATTEMPT_TIMEOUT_S:
-        # Sockets take the timeout in C: a huge one overflows there, mid-attempt.
-        raise ValueError(f"must be <= {MAX_ATTEMPT_TIMEOUT_S:g} seconds, got {text!r}")
+    if not MIN_ATTEMPT_TIMEOUT_S <= seconds <= MAX_ATTEMPT_TIMEOUT_S:
+        # Sockets take the timeout in C: a huge one overflows there, mid-attempt; below a
+        # millisecond no connection can be made.
+        raise ValueError(f"must be in [{MIN_ATTEMPT_TIMEOUT_S:g}, {MAX_ATTEMPT_TIMEOUT_S:g}] seconds, got {text!r}")
     return seconds
 
 

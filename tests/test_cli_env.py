@@ -75,8 +75,8 @@ def test_every_setting_is_a_settings_field_and_documented() -> None:
 
 
 BAD = {
-    "PREFILL_STARTUP_DEADLINE": ["abc", "0", "-1", "inf", "nan", "1_0", "١", " 1", "nonee"],
-    "PREFILL_STARTUP_ATTEMPT_TIMEOUT": ["abc", "0", "-1", "inf", "3601", "1e10", "none"],
+    "PREFILL_STARTUP_DEADLINE": ["abc", "0", "-1", "inf", "nan", "1_0", "١", " 1", "nonee", "1e308", "31536001"],
+    "PREFILL_STARTUP_ATTEMPT_TIMEOUT": ["abc", "0", "-1", "inf", "3601", "1e10", "none", "1e-300", "0.0009"],
     "PREFILL_STARTUP_MAX_ATTEMPTS": ["0", "-1", "+1", "1.5", "9" * 30, "none"],
     "PREFILL_STARTUP_LOG_FORMAT": ["xml", "json "],
     "PREFILL_STARTUP_LOG_LEVEL": ["verbose", "CRITICAL", "10"],
@@ -98,7 +98,9 @@ def test_bad_variable_raises_naming_it(var: str, value: str) -> None:
         from_env({var: value})
 
 
-CLI_ENV_CASES = [(var, value) for var, value in ENV_CASES if "\0" not in value]  # no NUL in a real environment
+# The CLI's own variables (those with a flag; no NUL in a real environment).
+CLI_VARS = {s.var for s in settings.TABLE if s.flag is not None}
+CLI_ENV_CASES = [(var, value) for var, value in ENV_CASES if "\0" not in value and var in CLI_VARS]
 
 
 @pytest.mark.parametrize("var,value", CLI_ENV_CASES, ids=[f"{v}={x!r}" for v, x in CLI_ENV_CASES])
@@ -265,3 +267,18 @@ def test_the_simulated_span_is_bounded() -> None:
     for make, message in cases:
         with pytest.raises(ValueError, match=message):
             make()
+
+
+def test_each_consumer_answers_only_for_its_own_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.cli import main
+    from coordinator.sglang._install import FIELDS
+
+    # A plugin-only variable with a bad value is none of the CLI's business, and the reverse.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFILL_STARTUP_WATCH", "maybe")
+        with pytest.raises(SystemExit) as info:
+            main(["--help"])
+        assert info.value.code == 0
+    assert from_env({"PREFILL_STARTUP_LOG_LEVEL": "loud"}, FIELDS).watch is True
+    with pytest.raises(SettingError, match="PREFILL_STARTUP_WATCH"):
+        from_env({"PREFILL_STARTUP_WATCH": "maybe"}, FIELDS)

@@ -28,7 +28,7 @@ def add_setting(p: argparse.ArgumentParser, field: str, *, default: Any = settin
     if default is settings.UNSET:
         default = setting.default
     if default is not argparse.SUPPRESS:
-        default = settings.read().get(field, default)
+        default = settings.read(fields=(field,)).get(field, default)  # its own variable only
     p.add_argument(setting.flag, type=argtype(setting.parse, field.removesuffix("_s")), default=default,
                    help=f"{setting.help}; env {setting.var}", **kwargs)
 

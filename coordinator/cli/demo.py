@@ -18,12 +18,12 @@ from coordinator.cli._run import EXIT_FAILED, EXIT_OK
 from coordinator.clock import SystemClock
 from coordinator.discovery import Discovery
 from coordinator.discovery import default_policy as discovery_policy
-from coordinator.testing import example_payload
+from coordinator.protocol import example_payload
 from coordinator.policy import RetryPolicy
 from coordinator.registration import Registration
 from coordinator.server import BootstrapServer
 from coordinator.snapshot import Snapshot
-from coordinator.testing import free_port
+from coordinator.server._ports import free_port
 from states import State
 
 

@@ -11,6 +11,7 @@ from coordinator.protocol._payload import (
     REQUIRED_FIELDS,
     PayloadError,
     encode_payload,
+    example_payload,
     validate_payload,
 )
 from coordinator.protocol._prefill_info import (
@@ -44,6 +45,6 @@ __all__ = [
     "EXTENSION_PREFIX", "GENERATION_HEADER", "LONG_POLL_HEADER", "SEEN_PARAM", "WAIT_PARAM",
     "HEALTH_PATH", "OPTIONAL_FIELDS", "QUERY_FIELDS", "REQUIRED_FIELDS", "ROUTE_PATH", "TOPOLOGY_FIELDS",
     "TOPOLOGY_KEY", "Address", "AnswerError", "PayloadError", "PrefillInfo", "RankKey", "base_url",
-    "bootstrap_url", "dp_of", "encode_payload", "mismatch", "parse_rank", "parse_topology", "rank_key",
+    "bootstrap_url", "dp_of", "encode_payload", "example_payload", "mismatch", "parse_rank", "parse_topology", "rank_key",
     "route_query", "validate_payload",
 ]

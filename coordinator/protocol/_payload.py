@@ -122,3 +122,24 @@ def encode_payload(payload: Mapping[str, Any]) -> bytes:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"payload field {field!r} is not JSON-serialisable: {exc}") from None
     raise TypeError("payload is not JSON-serialisable")
+
+
+def example_payload(rank: int = 0, tp_size: int = 1, *, rank_port: int = 17000) -> dict[str, Any]:
+    """A valid payload for tensor-parallel rank ``rank`` of a single-DP, single-PP group (the demo,
+    the simulator, tests)."""
+    return {
+        "attn_tp_size": tp_size,
+        "attn_tp_rank": rank,
+        "attn_cp_size": 1,
+        "attn_cp_rank": 0,
+        "attn_dp_size": 1,
+        "attn_dp_rank": 0,
+        "pp_size": 1,
+        "pp_rank": 0,
+        "system_dp_size": 1,
+        "system_dp_rank": 0,
+        "rank_ip": "127.0.0.1",
+        "rank_port": rank_port + rank,
+        "page_size": 1,
+        "kv_cache_dtype": "auto",
+    }

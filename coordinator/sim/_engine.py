@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from coordinator.clock import FakeClock, seeded_rng
 from coordinator.discovery import Discovery
 from coordinator.driver import Driver
-from coordinator.testing import example_payload
+from coordinator.protocol import example_payload
 from coordinator.policy import Policy
 from coordinator.registration import Registration
 from coordinator.sim._model import (

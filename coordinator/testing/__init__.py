@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 # Imported on first use: pytest loads this package's plugin in every run where it is installed.
 _LAZY = {
     "FakeClock": "coordinator.clock",
-    "example_payload": "coordinator.testing._examples",
+    "example_payload": "coordinator.protocol",
     **{name: "coordinator.testing._scripted"
        for name in ("Call", "ScriptedTransport", "ScriptError", "ScriptExhausted", "Step", "TimingTransport")},
     **{name: "coordinator.testing.faultserver" for name in ("FaultServer", "free_port", "http_request", "ipv6_available")},
@@ -20,7 +20,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from coordinator.clock import FakeClock
-    from coordinator.testing._examples import example_payload
+    from coordinator.protocol import example_payload
     from coordinator.testing._scripted import (Call, ScriptedTransport, ScriptError, ScriptExhausted, Step,
                                                TimingTransport)
     from coordinator.testing.faultserver import FaultServer, free_port, http_request, ipv6_available

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from coordinator.protocol import ROUTE_PATH
+from coordinator.server._ports import family, free_port
 
 __all__ = [
     "Action",
@@ -60,10 +61,6 @@ _REASONS = {
 }
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
 def ipv6_available() -> bool:
     """Whether a socket can be bound on the IPv6 loopback ``::1``."""
     if not socket.has_ipv6:
@@ -88,14 +85,6 @@ def http_request(port: int, method: str, path: str, body: bytes | None = None,
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
         conn.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (connecting to it is refused)."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -433,7 +422,7 @@ class FaultServer:
     def start(self) -> FaultServer:
         if self._listener is not None:
             raise RuntimeError("already started")
-        listener = socket.socket(_family(self.host), socket.SOCK_STREAM)
+        listener = socket.socket(family(self.host), socket.SOCK_STREAM)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((self.host, self._requested_port))
