@@ -150,7 +150,8 @@ class Driver(Generic[T]):
             raise TypeError(f"policy must be a RetryPolicy (or meet the Policy protocol), got {type(policy).__name__}")
         if on_exhausted not in ("raise", "return"):
             raise ValueError(f"on_exhausted must be 'raise' or 'return', got {on_exhausted!r}")
-        if clock is not None and not (callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep", None))):
+        if clock is not None and not (
+                callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep", None))):
             raise TypeError(f"clock must have now() and sleep(), got {type(clock).__name__}")
         if rng is not None and not callable(getattr(rng, "random", None)):
             raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
@@ -158,7 +159,8 @@ class Driver(Generic[T]):
             validate.name(name)
         if hooks is not None:
             if logger is not None:
-                raise ValueError("logger configures the default hooks: with hooks=, pass instrumentation.LogHook(logger)")
+                raise ValueError("logger configures the default hooks: "
+                                 "with hooks=, pass instrumentation.LogHook(logger)")
             hooks = list(hooks)
             for hook in hooks:
                 if not callable(hook):

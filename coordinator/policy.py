@@ -10,8 +10,8 @@ from typing import Protocol
 
 from coordinator import validate
 from coordinator.clock import Rng
-from coordinator.validate import finite
 from coordinator.outcome import Failure, Outcome
+from coordinator.validate import finite
 from states import Verdict
 
 
@@ -206,7 +206,8 @@ class RetryPolicy:
         owner = "RetryPolicy"
         if self.max_attempts is not None:
             validate.int_in(self.max_attempts, f"{owner}.max_attempts", low=1)
-        if self.deadline_s is not None and finite(f"{owner}.deadline_s", self.deadline_s, positive=True) > MAX_DEADLINE_S:
+        if (self.deadline_s is not None
+                and finite(f"{owner}.deadline_s", self.deadline_s, positive=True) > MAX_DEADLINE_S):
             raise ValueError(f"{owner}.deadline_s must be <= {MAX_DEADLINE_S:g} (or None: no deadline), "
                              f"got {self.deadline_s}")
         timeout = finite(f"{owner}.attempt_timeout_s", self.attempt_timeout_s, positive=True)

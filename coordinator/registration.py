@@ -12,8 +12,8 @@ from coordinator.clock import Clock, Rng
 from coordinator.driver import Driver, StartupFailed
 from coordinator.instrumentation import Hook
 from coordinator.outcome import Outcome
-from coordinator.protocol import encode_payload, validate_payload
 from coordinator.policy import Policy
+from coordinator.protocol import encode_payload, validate_payload
 from coordinator.snapshot import Kind
 from coordinator.transport import HttpTransport, Transport
 

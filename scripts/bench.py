@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
-import sysconfig
 import gc
 import json
+import os
 import pstats
 import statistics
 import subprocess
 import sys
+import sysconfig
 import time
 import tracemalloc
 import weakref
@@ -31,9 +31,8 @@ import requests
 
 from coordinator import BootstrapServer, FakeClock, Registration, RetryPolicy
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.testing import example_payload
 from coordinator.sim import Scenario, compare, draw_trials, simulate
-from coordinator.testing import ScriptedTransport
+from coordinator.testing import ScriptedTransport, example_payload
 from states import State
 
 _REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "refused"))

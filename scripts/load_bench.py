@@ -28,8 +28,7 @@ from typing import Any
 from coordinator import BootstrapServer, Registration, RetryPolicy, Snapshot
 from coordinator.clock import SystemClock
 from coordinator.protocol import ROUTE_PATH
-from coordinator.testing import example_payload
-from coordinator.testing import free_port
+from coordinator.testing import example_payload, free_port
 from states import State
 
 RESET_TYPES = {"ConnectionResetError", "RemoteDisconnected", "BrokenPipeError", "ConnectionAbortedError"}

@@ -24,9 +24,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT)]
-from tick_bench import _figures, _loop, hanging_server  # noqa: E402 - the same server, loop and figures
-
 from sglang.srt.plugins import load_plugins  # noqa: E402
+from tick_bench import _figures, _loop, hanging_server  # noqa: E402 - the same server, loop and figures
 
 from coordinator.sglang import _install  # noqa: E402
 from tests.sglang_real._sglang import decode_requests, kv_manager, prealloc_queue  # noqa: E402

@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         late = next(r for r in results if r["candidate"] == c and r["scenario"] == "late")
         storm = next(r for r in results if r["candidate"] == c and r["scenario"] == "503")
         spread = ", spread_first=True" if c[3] else ""
-        rows.append({"refused": f"Backoff({c[0]:g}, {c[1]:g}, jitter={c[2]:g}{spread})", "jitter": c[2], "late_success": late["success"],
-                     "late_p99_s": late["p99"], "storm_peak": storm["peak"],
+        rows.append({"refused": f"Backoff({c[0]:g}, {c[1]:g}, jitter={c[2]:g}{spread})", "jitter": c[2],
+                     "late_success": late["success"], "late_p99_s": late["p99"], "storm_peak": storm["peak"],
                      "ratio": storm["peak"] / upstream_peak, "storm_p99_s": storm["p99"],
                      "both": late["success"] == 1.0 and (late["p99"] or 9) <= 0.5
                      and storm["peak"] <= upstream_peak / 4})

@@ -12,10 +12,10 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from coordinator.server import MAX_BODY_BYTES, BootstrapServer
-from coordinator.testing.faultserver import ipv6_available
 from coordinator.protocol import PayloadError, validate_payload
+from coordinator.server import MAX_BODY_BYTES, BootstrapServer
 from coordinator.testing import example_payload
+from coordinator.testing.faultserver import ipv6_available
 
 TOKEN = "s3cret-t0ken"
 TOPOLOGY_QUERY = (-1, -1, -1, -1)
@@ -205,7 +205,8 @@ def test_retried_put_does_not_make_topology_ready_early(server: BootstrapServer)
     assert put(server, example_payload(0, tp_size=2)).status_code == 200
     assert put(server, example_payload(0, tp_size=2)).status_code == 200
     resp = get_route(server, *TOPOLOGY_QUERY)
-    assert (resp.status_code, resp.text) == (503, "Prefill server not fully registered yet (1 of 2 workers registered).")
+    assert (resp.status_code, resp.text) == (
+        503, "Prefill server not fully registered yet (1 of 2 workers registered).")
     assert (server.put_count, server.registered_count, server.is_ready) == (2, 1, False)
 
     assert put(server, example_payload(1, tp_size=2)).status_code == 200

@@ -228,10 +228,11 @@ def test_bad_value_exits_2_naming_the_flag(command: str, flag: str, value: str,
         argv[argv.index(flag) + 1] = value
     else:
         argv += [flag, value]
+    code: int | str | None
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse
-        code = exc.code  # type: ignore[assignment]
+        code = exc.code
     err = capsys.readouterr().err
     assert code == 2, err
     assert flag in err and "Traceback" not in err, err

@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from coordinator import BootstrapServer, Registration
+from coordinator import BootstrapServer
 from coordinator.cli import main
-from coordinator.testing import example_payload, free_port
+from coordinator.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() configures logging, as a CLI should: give the test process its own back."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level, logging.getLogger("transitions").level,
-             logging.getLogger("urllib3").level)
-    yield
-    root.handlers[:], root.level = saved[0], saved[1]
-    logging.getLogger("transitions").setLevel(saved[2])
-    logging.getLogger("urllib3").setLevel(saved[3])
-
-
-@pytest.fixture
-def complete_prefill() -> Iterator[BootstrapServer]:
-    with BootstrapServer() as server:
-        for rank in range(4):
-            Registration(server.url, {**example_payload(rank, 4), "page_size": 16}, hooks=()).run()
-        yield server
+# The fixtures restore_logging and complete_prefill are in conftest.py: test_edges_cli_server uses them too.
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_exit_0_prints_the_prefill_info(complete_prefill: BootstrapServer, capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,19 +20,12 @@ from coordinator.cli._argtypes import CORES
 from coordinator.server import _base
 from coordinator.sim import MAX_LATENCY_S, MAX_RANK_RUNS, MAX_TRIALS, Scenario, check_counts
 from coordinator.testing import free_port
-# Their helpers and fixtures (used by name, hence F401), rather than copies.
-from tests.test_cli_wait import _cli, complete_prefill, restore_logging  # noqa: F401
-from tests.test_server_long_poll import (  # noqa: F401
-    NOT_YET,
-    WAIT_S,
-    answer_of,
-    half,
-    long_poll,
-    put,
-    send,
-    server,
-    until,
-)
+
+# Their helpers, rather than copies; the fixtures (complete_prefill, server, half) are in conftest.py.
+from tests.test_cli_wait import _cli
+from tests.test_server_long_poll import NOT_YET, WAIT_S, answer_of, long_poll, put, send, until
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 # -- simulate: every flag whose work grows with its value is bounded ---------------------------
 
@@ -130,7 +123,8 @@ def test_wait_dashdash_empty_string_is_one_line_and_exit_2_not_a_traceback(
 
 def test_command_stdout_holds_only_the_commands_output(complete_prefill: BootstrapServer) -> None:
     r = _cli("wait", "--bootstrap", f"127.0.0.1:{complete_prefill.port}", "--",
-             sys.executable, "-c", "import json, os; print(json.loads(os.environ['PREFILL_STARTUP_INFO'])['page_size'])")
+             sys.executable, "-c",
+             "import json, os; print(json.loads(os.environ['PREFILL_STARTUP_INFO'])['page_size'])")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "16\n"  # no PrefillInfo line ahead of it: the info is in the environment
     assert "discovery.registered" in r.stderr  # the completion is still told, on stderr

@@ -21,10 +21,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from coordinator import Backoff, BootstrapServer, FakeClock, Registration, RegistrationFailed, RetryPolicy, Snapshot
-from coordinator.testing import example_payload
-from coordinator.testing import TimingTransport
-from states import State
-
+from coordinator.testing import TimingTransport, example_payload
 from coordinator.testing.faultserver import (
     Action,
     FaultServer,
@@ -41,6 +38,7 @@ from coordinator.testing.faultserver import (
     trickle_body,
     trickle_headers,
 )
+from states import State
 
 TIMEOUT_S = 0.3
 MARGIN_S = 0.35  # scheduling slack on a loaded CI machine
@@ -295,7 +293,8 @@ DATE = "Wed, 21 Oct 2015 07:28:00 GMT"
                      id="http-date-in-the-past"),
     ],
 )
-def test_retry_after_is_a_clamped_floor(h: Harness, status: int, headers: dict[str, str], low: float, high: float) -> None:
+def test_retry_after_is_a_clamped_floor(h: Harness, status: int, headers: dict[str, str], low: float,
+                                        high: float) -> None:
     with FaultServer(respond(status, "later", headers), respond(200)) as server:
         snap = h.run(server.url)
         assert server.request_count == 2
@@ -677,7 +676,8 @@ def test_put_repeated_after_a_lost_response_counts_once(h: Harness) -> None:
         assert action_attr(lost, "upstream_statuses") == [200]  # the first PUT did register; its answer was lost
         assert (bootstrap.put_count, bootstrap.registered_count, bootstrap.expected_count) == (2, 1, 2)
         assert not bootstrap.is_ready  # upstream would count 2 PUTs as 2 ranks: ready too early
-        assert get_route_all(host, port) == (503, "Prefill server not fully registered yet (1 of 2 workers registered).")
+        assert get_route_all(host, port) == (
+            503, "Prefill server not fully registered yet (1 of 2 workers registered).")
 
         assert (snap.state, snap.attempt) == (State.REGISTERED, 2)
         [failure] = h.failures()

@@ -164,7 +164,8 @@ def test_metrics_from_a_registry_and_404_without_the_extra(payload: dict[str, An
         missing = session.get(f"{probes.url}/metrics", timeout=5)
         still = session.get(f"{probes.url}/readyz", timeout=5)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain; version=")
-    assert 'prefill_startup_attempts_total{kind="registration",lane="refused",name="rank0",outcome="refused"} 1.0' in r.text
+    assert ('prefill_startup_attempts_total{kind="registration",lane="refused",name="rank0",outcome="refused"} 1.0'
+            in r.text)
     assert 'prefill_startup_state{kind="registration",name="rank0",state="REGISTERED"} 1.0' in r.text
     assert "prefill_startup_duration_seconds_count" in r.text
     assert missing.status_code == 404 and "pip install 'prefill-startup[metrics]'" in missing.text

@@ -156,7 +156,8 @@ def child(name: str, env: dict[str, str], then: str = "stay") -> subprocess.Pope
 def test_a_child_process_publishes_to_the_main_process_and_its_death_reads_as_gone() -> None:
     env = dict(os.environ)
     joined = join(env)
-    assert joined.main and joined.board is not None and env[CHANNEL_VAR] == joined.receiver.name  # type: ignore[union-attr]
+    assert joined.main and joined.board is not None and joined.receiver is not None
+    assert env[CHANNEL_VAR] == joined.receiver.name
     board = joined.board
     proc = child("rank0", env)
     try:
@@ -288,3 +289,25 @@ def test_another_user_is_not_heard_even_from_a_descendant(receiver: Receiver,
         until(lambda: bool(caplog.records), "the complaint")
     assert receiver.board.members() == []
     assert "reason=another user count=1" in caplog.records[0].getMessage()
+
+
+def test_the_probes_read_no_file_on_the_event_loop(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_asgi import call
+
+    child_proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        receiver.board.put(child_proc.pid, 1, registered().snapshot())
+        receiver.board.expect(Expected(2))
+        app = health.asgi(receiver.board.members, expected=receiver.board.expected)
+
+        def no_files(*args: object, **kwargs: object) -> None:
+            raise AssertionError(f"a file read on the event loop: {args}")
+
+        monkeypatch.setattr("builtins.open", no_files)
+        monkeypatch.setattr(os, "open", no_files)
+        monkeypatch.setattr(os, "stat", no_files)
+        status, _, body = call(app, "GET", "/readyz", b"verbose")
+    finally:
+        monkeypatch.undo()
+        child_proc.communicate(b"")
+    assert status == 503 and body.startswith(b"[-]ranks waiting for 1 of 2 ranks on this node\n")

@@ -9,8 +9,8 @@ import pytest
 from coordinator import FakeClock, Reason, Registration
 from coordinator.outcome import HarnessError
 from coordinator.testing import Call, FaultServer, ScriptedTransport, ScriptError, TimingTransport, example_payload
-from states import State
 from coordinator.testing.faultserver import respond
+from states import State
 
 URL = "http://bootstrap.test:8998/route"
 

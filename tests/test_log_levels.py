@@ -23,9 +23,15 @@ def every_level(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, "coordinator")
 
 
+def event_of(record: logging.LogRecord) -> dict[str, Any]:
+    """The structlog event LogHook attaches to a record (``extra={"structlog": ...}``)."""
+    event: dict[str, Any] = getattr(record, "structlog")  # an attribute LogRecord does not declare
+    return event
+
+
 def failures(caplog: pytest.LogCaptureFixture) -> list[tuple[str, dict[str, Any]]]:
     """(level, fields) of each attempt_failed event."""
-    return [(r.levelname, r.structlog) for r in caplog.records  # type: ignore[attr-defined]
+    return [(r.levelname, event_of(r)) for r in caplog.records
             if getattr(r, "structlog", {}).get("event", "").endswith(".attempt_failed")]
 
 
@@ -38,7 +44,8 @@ def register(script: list[Any], **kw: Any) -> None:
 def test_refused_is_info_trouble_is_warning(caplog: pytest.LogCaptureFixture) -> None:
     register(["refused", "refused", 503, "timeout", "reset", 200])
     assert [(level, f["lane"]) for level, f in failures(caplog)] == [
-        ("INFO", "refused"), ("INFO", "refused"), ("WARNING", "trouble"), ("WARNING", "trouble"), ("WARNING", "trouble")]
+        ("INFO", "refused"), ("INFO", "refused"),
+        ("WARNING", "trouble"), ("WARNING", "trouble"), ("WARNING", "trouble")]
 
 
 def test_a_discoverys_not_yet_is_info(caplog: pytest.LogCaptureFixture) -> None:
@@ -52,7 +59,7 @@ def test_a_discoverys_not_yet_is_info(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_giving_up_is_still_an_error(caplog: pytest.LogCaptureFixture) -> None:
     register(["refused", 404])
-    [failed] = [r for r in caplog.records if r.structlog["event"] == "registration.failed"]  # type: ignore[attr-defined]
+    [failed] = [r for r in caplog.records if event_of(r)["event"] == "registration.failed"]
     assert failed.levelname == "ERROR"
 
 
@@ -63,7 +70,7 @@ def test_no_monotonic_time_in_events(caplog: pytest.LogCaptureFixture) -> None:
     [(_, fields)] = failures(caplog)
     assert "next_attempt_at" not in fields and 0 < fields["delay_s"] <= 0.5  # relative: "retry in"
     for r in caplog.records:
-        assert not any(isinstance(v, float) and v >= 2324.0 for v in r.structlog.values()), r.structlog  # type: ignore[attr-defined]
+        assert not any(isinstance(v, float) and v >= 2324.0 for v in event_of(r).values()), event_of(r)
 
 
 def test_a_long_wait_for_the_server_leaves_the_warnings_to_an_outage(caplog: pytest.LogCaptureFixture) -> None:

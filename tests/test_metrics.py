@@ -33,22 +33,30 @@ def value(registry: CollectorRegistry, family: str, /, **labels: str) -> float |
 def test_attempts_by_lane_and_outcome_state_and_duration() -> None:
     registry = CollectorRegistry()
     run(["refused", 503, 200], registry)
-    assert value(registry, "prefill_startup_attempts_total", name="rank0", kind="registration", lane="refused", outcome="refused") == 1
-    assert value(registry, "prefill_startup_attempts_total", name="rank0", kind="registration", lane="trouble", outcome="http_5xx") == 1
-    assert value(registry, "prefill_startup_attempts_total", name="rank0", kind="registration", lane="none", outcome="registered") == 1
-    states = {s.value: value(registry, "prefill_startup_state", name="rank0", kind="registration", state=s.value) for s in State}
+    assert value(registry, "prefill_startup_attempts_total",
+                 name="rank0", kind="registration", lane="refused", outcome="refused") == 1
+    assert value(registry, "prefill_startup_attempts_total",
+                 name="rank0", kind="registration", lane="trouble", outcome="http_5xx") == 1
+    assert value(registry, "prefill_startup_attempts_total",
+                 name="rank0", kind="registration", lane="none", outcome="registered") == 1
+    states = {s.value: value(registry, "prefill_startup_state",
+                             name="rank0", kind="registration", state=s.value) for s in State}
     assert states == {"INIT": 0, "REGISTERING": 0, "BACKOFF": 0, "REGISTERED": 1, "FAILED": 0}
-    assert value(registry, "prefill_startup_duration_seconds_count", name="rank0", kind="registration", result="registered") == 1
-    total = value(registry, "prefill_startup_duration_seconds_sum", name="rank0", kind="registration", result="registered")
+    assert value(registry, "prefill_startup_duration_seconds_count",
+                 name="rank0", kind="registration", result="registered") == 1
+    total = value(registry, "prefill_startup_duration_seconds_sum",
+                  name="rank0", kind="registration", result="registered")
     assert total is not None and total > 0.03  # three attempts of 10 ms, and the sleeps
 
 
 def test_permanent_and_cancelled() -> None:
     registry = CollectorRegistry()
     run([404], registry, name="rank1")
-    assert value(registry, "prefill_startup_attempts_total", name="rank1", kind="registration", lane="none", outcome="http_4xx") == 1
+    assert value(registry, "prefill_startup_attempts_total",
+                 name="rank1", kind="registration", lane="none", outcome="http_4xx") == 1
     assert value(registry, "prefill_startup_state", name="rank1", kind="registration", state="FAILED") == 1
-    assert value(registry, "prefill_startup_duration_seconds_count", name="rank1", kind="registration", result="permanent") == 1
+    assert value(registry, "prefill_startup_duration_seconds_count",
+                 name="rank1", kind="registration", result="permanent") == 1
     reg, _ = None, None
     clock = FakeClock()
     reg = Registration(URL, example_payload(), clock=clock, name="rank2", hooks=[PrometheusHook(registry)],
@@ -56,7 +64,8 @@ def test_permanent_and_cancelled() -> None:
     reg.poll(), reg.poll()
     reg.stop()
     assert value(registry, "prefill_startup_state", name="rank2", kind="registration", state="FAILED") == 1
-    assert value(registry, "prefill_startup_duration_seconds_count", name="rank2", kind="registration", result="cancelled") == 1
+    assert value(registry, "prefill_startup_duration_seconds_count",
+                 name="rank2", kind="registration", result="cancelled") == 1
 
 
 def test_many_registrations_and_hooks_share_a_registry_with_bounded_labels() -> None:
@@ -70,7 +79,8 @@ def test_many_registrations_and_hooks_share_a_registry_with_bounded_labels() -> 
     label_values = set(re.findall(r'="([^"]*)"', text))
     assert not any("10.1.2.3" in v or "http" in v.replace("http_", "") for v in label_values)
     assert not any(v.isdigit() for v in label_values)  # no attempt numbers
-    assert value(registry, "prefill_startup_attempts_total", name="rank2", kind="registration", lane="refused", outcome="refused") == 5
+    assert value(registry, "prefill_startup_attempts_total",
+                 name="rank2", kind="registration", lane="refused", outcome="refused") == 5
 
 
 def test_a_discovery_is_counted_too() -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -22,6 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 URL = "http://10.1.2.3:8998/route"
 TOPOLOGY = ('{"attn_tp_size": 1, "attn_cp_size": 1, "dp_size": 1, "pp_size": 1, "page_size": 1, '
             '"kv_cache_dtype": "auto"}')
+
+
+def event_of(record: logging.LogRecord) -> dict[str, Any]:
+    """The structlog event LogHook attaches to a record (``extra={"structlog": ...}``)."""
+    event: dict[str, Any] = getattr(record, "structlog")  # an attribute LogRecord does not declare
+    return event
 
 
 def run(hook: PrometheusHook, name: str, script: list[str | int], polls: int | None = None) -> Registration:
@@ -73,8 +80,8 @@ def test_distinct_names_are_bounded_with_one_warning(caplog: pytest.LogCaptureFi
     run(hook, "rank1", ["refused", 200])  # an admitted name keeps its series
     assert get("prefill_startup_state", {"name": "rank1", "kind": "registration", "state": "REGISTERED"}) == 2
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert [w.structlog["event"] for w in warnings] == ["metrics.names_overflow"]  # type: ignore[attr-defined]
-    assert warnings[0].structlog["max_names"] == 3  # type: ignore[attr-defined]
+    assert [event_of(w)["event"] for w in warnings] == ["metrics.names_overflow"]
+    assert event_of(warnings[0])["max_names"] == 3
 
 
 def test_ten_thousand_names_stay_within_the_default_bound() -> None:

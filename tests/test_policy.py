@@ -11,8 +11,8 @@ import pytest
 
 from coordinator import Backoff, Lane, Reason, RetryPolicy
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.sim.upstream import sglang_pr25125
 from coordinator.policy import Decision, Policy, retry_after_seconds
+from coordinator.sim.upstream import sglang_pr25125
 from states import Verdict
 
 REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "[Errno 111] Connection refused"))

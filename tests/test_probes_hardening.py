@@ -86,7 +86,8 @@ def test_excludes_are_bounded(http: requests.Session) -> None:
 
 def test_a_newline_in_a_name_cannot_forge_a_verbose_line(http: requests.Session) -> None:
     waiting = Fixed(backoff_named(f"rank1\n{FORGED}"))
-    with health.serve(waiting) as probes:  # type: ignore[arg-type]  # duck-typed, as the probes take it
+    # Fixed is no driver, only what the probes read of one (Probed): handed in as a source, typed as such.
+    with health.serve(lambda: [waiting]) as probes:
         r = http.get(f"{probes.url}/readyz?verbose", timeout=5)
         echoed = http.get(f"{probes.url}/readyz?verbose&exclude=x%0A{FORGED.replace(' ', '%20')}", timeout=5)
     lines = r.text.splitlines()

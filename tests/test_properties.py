@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
@@ -24,8 +24,7 @@ from coordinator import Backoff, FakeClock, Lane, Reason, Registration, RetryPol
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.policy import Decision
 from coordinator.sim.upstream import sglang_pr25125
-from coordinator.testing import example_payload
-from coordinator.testing import Call, ScriptedTransport
+from coordinator.testing import Call, ScriptedTransport, example_payload
 from states import TERMINAL, TRANSITIONS, State, Verdict
 
 URL = "http://127.0.0.1:8998/route"

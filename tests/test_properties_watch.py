@@ -57,7 +57,8 @@ class Server:
             self.generation += 1
         self.served.append(Served(s.seq, s.state, resolved, self.generation, kind))
         if kind in ("ok", "quick_restart"):
-            return Outcome.of_status(200, topology(self.generation), headers={GENERATION_HEADER.lower(): str(self.generation)})
+            return Outcome.of_status(200, topology(self.generation),
+                                     headers={GENERATION_HEADER.lower(): str(self.generation)})
         if kind in ("restart", "503"):
             return Outcome.of_status(503, "not yet")
         failure = Failure.REFUSED if kind == "refused" else Failure.RESET

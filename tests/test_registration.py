@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 
 from coordinator import FakeClock, Registration, RegistrationFailed, RetryPolicy, Snapshot, bootstrap_url
-from coordinator.outcome import Failure
-from coordinator.outcome import root_cause
+from coordinator.outcome import Failure, root_cause
 from coordinator.policy import Policy
-from coordinator.sim.upstream import sglang_pr25125
 from coordinator.protocol import encode_payload
+from coordinator.sim.upstream import sglang_pr25125
 from coordinator.testing import FaultServer, ScriptedTransport, free_port, ipv6_available
 from coordinator.testing.faultserver import respond
 from coordinator.transport import HttpTransport, classify_exception
@@ -71,7 +70,7 @@ def test_root_cause_of_nested_exception() -> None:
                 raise ConnectionRefusedError(111, "Connection refused")
             except OSError as e:
                 raise RuntimeError("new connection failed") from e
-        except RuntimeError as e:
+        except RuntimeError:
             raise ValueError("max retries")  # implicit __context__
     except ValueError as exc:
         caught = exc
@@ -239,7 +238,8 @@ def test_long_outage_does_not_flood_the_log(payload: dict[str, Any], caplog: pyt
     t = ScriptedTransport([], then="refused", clock=clock, latency=0.001)
     snap = make(t, clock, payload, policy=RetryPolicy(deadline_s=3600.0)).run()
     assert snap.state is State.FAILED and snap.attempt > 5000
-    warnings = [r for r in caplog.records if r.levelno == logging.INFO and fields(r)["event"] == "registration.attempt_failed"]
+    warnings = [r for r in caplog.records
+                if r.levelno == logging.INFO and fields(r)["event"] == "registration.attempt_failed"]
     assert 5 <= len(warnings) <= 10
     assert [fields(w)["repeats"] for w in warnings[-3:]] == [64, 128, 256]  # summaries carry the count
     assert len(events(caplog, "registration.attempt_failed")) == snap.attempt - 1  # one event per attempt
@@ -265,7 +265,8 @@ def test_logs_reach_stdlib_logging_as_readable_lines(clock: FakeClock, payload: 
                                                      caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "coordinator")
     make(ScriptedTransport(["refused"], then=200), clock, payload).run()
-    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "attempt_failed" in r.getMessage()]
+    [line] = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.INFO and "attempt_failed" in r.getMessage()]
     assert line.startswith("registration.attempt_failed ")
     assert "error_type='ConnectionRefusedError'" in line and "attempt=1" in line
     assert all(r.name == "coordinator" for r in caplog.records)

@@ -20,8 +20,8 @@ from coordinator.health import _server as health_server
 from coordinator.protocol import AnswerError, parse_rank, validate_payload
 from coordinator.server import _http as bootstrap_http
 from coordinator.server._base import Server
-from coordinator.testing import http_request as request
 from coordinator.testing import ScriptedTransport, example_payload
+from coordinator.testing import http_request as request
 
 TOPOLOGY_PATH = "/route?prefill_dp_rank=-1&prefill_cp_rank=-1&target_tp_rank=-1&target_pp_rank=-1"
 WAIT_S = 5.0  # the most any wait on a real loopback server here may take
@@ -112,7 +112,8 @@ SERVERS: dict[str, tuple[Callable[[], Any], type[Server], str]] = {
 
 
 @pytest.fixture(params=sorted(SERVERS))
-def any_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str, type[Server]]]:
+def any_server(request: pytest.FixtureRequest,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str, type[Server]]]:
     start, cls, path = SERVERS[request.param]
     monkeypatch.setattr(cls, "request_timeout", 0.5)
     srv = start()

@@ -10,9 +10,8 @@ from typing import Any
 
 from coordinator import BootstrapServer, Registration, RetryPolicy, Snapshot
 from coordinator.clock import SystemClock
-from coordinator.testing import example_payload
 from coordinator.server._base import Handler, Running, Server
-from coordinator.testing import free_port
+from coordinator.testing import example_payload, free_port
 from states import State
 
 RESET_TYPES = {"ConnectionResetError", "RemoteDisconnected", "BrokenPipeError", "ConnectionAbortedError"}

@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -21,8 +21,8 @@ from coordinator import discovery as discovery_module
 from coordinator.outcome import Outcome
 from coordinator.protocol import GENERATION_HEADER, LONG_POLL_HEADER
 from coordinator.server import _http as bootstrap_http
-from coordinator.testing import http_request as request
 from coordinator.testing import example_payload
+from coordinator.testing import http_request as request
 from coordinator.transport import HttpTransport
 
 TOPOLOGY = "/route?prefill_dp_rank=-1&prefill_cp_rank=-1&target_tp_rank=-1&target_pp_rank=-1"
@@ -61,23 +61,7 @@ def until(predicate: Callable[[], bool]) -> None:
         time.sleep(0.005)
 
 
-def server_threads() -> list[threading.Thread]:
-    # "bootstrap-server" serves; "_HTTPServer-conn" and "_HTTPServer-parking" are its own.
-    return [t for t in threading.enumerate() if t.name.startswith(("bootstrap-server", "_HTTPServer"))]
-
-
-@pytest.fixture
-def server() -> Iterator[BootstrapServer]:
-    with BootstrapServer() as srv:
-        yield srv
-    assert server_threads() == []
-
-
-@pytest.fixture
-def half(server: BootstrapServer) -> BootstrapServer:
-    """A server with 1 rank of 2 registered: incomplete."""
-    assert put(server.port, 0) == 200
-    return server
+# The fixtures server and half are in conftest.py: test_edges_cli_server uses them too.
 
 
 def long_poll(wait: float, seen: str | None = None) -> str:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.clock import FakeClock
 from coordinator.cli import simulate as cli_sim
+from coordinator.clock import FakeClock
 from coordinator.discovery import CLOSE_CHECK_S
 from coordinator.outcome import Failure, Outcome
 from coordinator.protocol import GENERATION_HEADER, LONG_POLL_HEADER, TOPOLOGY_KEY, route_query

@@ -11,19 +11,18 @@ from typing import Any
 import requests
 
 from coordinator import health
-from coordinator.protocol import bootstrap_url
 from coordinator.cli._argtypes import non_negative, positive, ranks
-from coordinator.sim import MAX_RANKS
 from coordinator.cli._run import EXIT_FAILED, EXIT_OK
 from coordinator.clock import SystemClock
 from coordinator.discovery import Discovery
 from coordinator.discovery import default_policy as discovery_policy
-from coordinator.protocol import example_payload
 from coordinator.policy import RetryPolicy
+from coordinator.protocol import bootstrap_url, example_payload
 from coordinator.registration import Registration
 from coordinator.server import BootstrapServer
-from coordinator.snapshot import Snapshot
 from coordinator.server._ports import free_port
+from coordinator.sim import MAX_RANKS
+from coordinator.snapshot import Snapshot
 from states import State
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coordinator.protocol import bootstrap_url
 from coordinator.cli._argtypes import host_port, host_port_text
 from coordinator.cli._options import (
     UsageError,
@@ -20,6 +19,7 @@ from coordinator.cli._options import (
     token_from_env,
 )
 from coordinator.cli._run import EXIT_FAILED, EXIT_OK, drive
+from coordinator.protocol import bootstrap_url
 from coordinator.registration import Registration
 from states import State
 

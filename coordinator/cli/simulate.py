@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
 from typing import Any
 
 from coordinator.cli._argtypes import CORES, count, latency, ranks, seed, span, trials, workers

@@ -19,8 +19,18 @@ from typing import Any, Protocol
 
 from coordinator.clock import REAL_TIME, Clock
 from coordinator.instance._board import Board, Full
-from coordinator.instance._wire import (MAX_DATAGRAM, MAX_REPLY, QUERY, BadMessage, Report, decode,
-                                        decode_report, encode, encode_report, is_query)
+from coordinator.instance._wire import (
+    MAX_DATAGRAM,
+    MAX_REPLY,
+    QUERY,
+    BadMessage,
+    Report,
+    decode,
+    decode_report,
+    encode,
+    encode_report,
+    is_query,
+)
 from coordinator.snapshot import Snapshot
 
 log = logging.getLogger("coordinator.instance")

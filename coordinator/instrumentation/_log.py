@@ -62,7 +62,8 @@ class StdlibLogger:
         if not self._logger.isEnabledFor(level):
             return
         event_dict = {"event": event, **self._context, **fields}
-        text = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in event_dict.items() if k != "event")
+        text = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                        for k, v in event_dict.items() if k != "event")
         self._logger.log(level, f"{event} {text}".rstrip(), extra={"structlog": event_dict})
 
     def debug(self, event: str, **fields: Any) -> None:

@@ -72,8 +72,8 @@ from coordinator.protocol import (
     bootstrap_url,
     validate_payload,
 )
-from coordinator.server._registry import Registry, Rejected
 from coordinator.server._base import Handler, Running, Server
+from coordinator.server._registry import Registry, Rejected
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_WAIT_S = 30  # the longest long-poll, advertised in LONG_POLL_HEADER

@@ -6,10 +6,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from coordinator.policy import RetryPolicy
 from coordinator.protocol import rank_key
 from coordinator.registration import Registration, RegistrationFailed
 from coordinator.sglang._context import PluginContext
-from coordinator.policy import RetryPolicy
 from states import State
 
 log = logging.getLogger("coordinator.sglang")

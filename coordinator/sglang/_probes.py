@@ -43,7 +43,12 @@ def mount(board: Board) -> bool:
         return False  # not imported yet, or an engine without an HTTP server
     if id(app) not in _mounted:
         _mounted.add(id(app))
-        app.mount(PREFIX, health.asgi(board.members, expected=board.expected))
+        try:
+            app.mount(PREFIX, health.asgi(board.members, expected=board.expected))
+        except Exception as exc:  # noqa: BLE001 - SGLang's launch goes on whatever its app makes of it
+            log.warning("prefill_startup.probes_not_mounted: %s: %s; the probe port still serves them",
+                        type(exc).__name__, exc)
+            return False
         log.info("prefill_startup.probes path=%s/{livez,readyz,startupz,status,metrics} on SGLang's HTTP server",
                  PREFIX)
     return True

@@ -25,7 +25,8 @@ def roster(server: Any) -> Expected | None:
         return None
     try:
         sizes = (server.dp_size, server.attn_cp_size, server.attn_tp_size, server.pp_size)
-        if not all(isinstance(n, int) and n >= 1 for n in sizes) or sizes[0] * sizes[1] * sizes[2] * sizes[3] > MAX_ROSTER:
+        if (not all(isinstance(n, int) and n >= 1 for n in sizes)
+                or sizes[0] * sizes[1] * sizes[2] * sizes[3] > MAX_ROSTER):
             return None
         table = server.prefill_port_table
         entries = tuple((f"dp{dp}-cp{cp}-tp{tp}-pp{pp}", pp in table.get(dp, {}).get(cp, {}).get(tp, {}))

@@ -30,7 +30,6 @@ from coordinator.sim._model import (
     check_counts,
     draw_trials,
 )
-from coordinator.sim.upstream import sglang_decode, sglang_pr25125
 from coordinator.sim._report import (
     DecodeResult,
     Result,
@@ -42,6 +41,7 @@ from coordinator.sim._report import (
     prefill_result,
     write_plot,
 )
+from coordinator.sim.upstream import sglang_decode, sglang_pr25125
 from states import State
 
 __all__ = [

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 from coordinator.clock import FakeClock, seeded_rng
 from coordinator.discovery import Discovery
 from coordinator.driver import Driver
-from coordinator.protocol import example_payload
 from coordinator.policy import Policy
+from coordinator.protocol import example_payload
 from coordinator.registration import Registration
 from coordinator.sim._model import (
     BOOTSTRAP,

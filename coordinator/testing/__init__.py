@@ -15,18 +15,25 @@ _LAZY = {
     "example_payload": "coordinator.protocol",
     **{name: "coordinator.testing._scripted"
        for name in ("Call", "ScriptedTransport", "ScriptError", "ScriptExhausted", "Step", "TimingTransport")},
-    **{name: "coordinator.testing.faultserver" for name in ("FaultServer", "free_port", "http_request", "ipv6_available")},
+    **{name: "coordinator.testing.faultserver"
+       for name in ("FaultServer", "free_port", "http_request", "ipv6_available")},
 }
 
 if TYPE_CHECKING:
     from coordinator.clock import FakeClock
     from coordinator.protocol import example_payload
-    from coordinator.testing._scripted import (Call, ScriptedTransport, ScriptError, ScriptExhausted, Step,
-                                               TimingTransport)
+    from coordinator.testing._scripted import (
+        Call,
+        ScriptedTransport,
+        ScriptError,
+        ScriptExhausted,
+        Step,
+        TimingTransport,
+    )
     from coordinator.testing.faultserver import FaultServer, free_port, http_request, ipv6_available
 
-__all__ = ["Call", "FakeClock", "FaultServer", "ScriptError", "ScriptExhausted", "ScriptedTransport", "Step", "TimingTransport",
-           "example_payload", "free_port", "http_request", "ipv6_available"]
+__all__ = ["Call", "FakeClock", "FaultServer", "ScriptError", "ScriptExhausted", "ScriptedTransport", "Step",
+           "TimingTransport", "example_payload", "free_port", "http_request", "ipv6_available"]
 
 
 def __getattr__(name: str) -> object:

@@ -43,7 +43,8 @@ def to_outcome(step: Answer) -> Outcome:
         extensions = {k: v for k, v in headers.items() if k.startswith(EXTENSION_PREFIX)}
         return Outcome.of_status(step[0], body, retry_after=headers.get("retry-after"), date=headers.get("date"),
                                  headers=extensions)
-    raise ValueError(f"script item {step!r}: expected a failure name, a status, (status, headers[, body]) or an Outcome")
+    raise ValueError(f"script item {step!r}: expected a failure name, a status, "
+                     "(status, headers[, body]) or an Outcome")
 
 
 def _status(code: int) -> int:

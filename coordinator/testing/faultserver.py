@@ -305,7 +305,8 @@ def trickle_body(interval: float = 0.05, n: int = 30, status: int = 200, *, keep
 
 
 class _Oversized(Action):
-    def __init__(self, n: int | None, status: int, headers: list[tuple[str, str]], fill: bytes, payload: bytes | None) -> None:
+    def __init__(self, n: int | None, status: int, headers: list[tuple[str, str]], fill: bytes,
+                 payload: bytes | None) -> None:
         super().__init__(f"oversized {status}")
         self.n, self.status, self.headers, self.fill, self.payload = n, status, headers, fill, payload
 

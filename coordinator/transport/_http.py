@@ -11,6 +11,7 @@ from coordinator.outcome import Cause, Failure, Outcome, cause_of
 from coordinator.protocol import EXTENSION_PREFIX
 from coordinator.transport._classify import classify_exception
 from coordinator.transport._watch import AbortableAdapter, Watch
+
 MAX_BODY_BYTES = 64 * 1024  # read no more of a PUT's answer than this
 # A lookup's answer is parsed whole; a topology with DSpark layouts can pass 64 KiB.
 MAX_ANSWER_BYTES = 1024 * 1024

@@ -21,6 +21,7 @@ from urllib3.util.connection import allowed_gai_family
 from coordinator.clock import REAL_TIME
 from coordinator.outcome import Failure
 
+
 class Watch:
     """The socket of the attempt in flight, so another thread can cut the attempt short.
 

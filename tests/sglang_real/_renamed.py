@@ -4,9 +4,10 @@
 
 Copies SGLang's real source of MODULE (e.g. sglang.srt.disaggregation.decode) into DIR with
 every occurrence of ATTRIBUTE renamed, imports the copy as MODULE (an import hook: before
-anything else imports MODULE, in SGLang's own import order), then runs load_plugins(). Prints one JSON line: the plugin's WARNING
-lines, every ERROR line (SGLang logs a plugin or hook that failed), the targets the plugin
-hooked, and for each target whether it is still SGLang's own function (not wrapped).
+anything else imports MODULE, in SGLang's own import order), then runs load_plugins().
+Prints one JSON line: the plugin's WARNING lines, every ERROR line (SGLang logs a plugin or
+hook that failed), the targets the plugin hooked, and for each target whether it is still
+SGLang's own function (not wrapped).
 """
 
 from __future__ import annotations

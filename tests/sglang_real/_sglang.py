@@ -4,7 +4,8 @@ Real: ``sglang.srt.plugins`` (``load_plugins``, its entry-point discovery and
 ``SGLANG_PLUGINS`` filter), ``HookRegistry``, the classes ``CommonKVManager``,
 ``DecodePreallocQueue``, ``DecodeRequest``, ``KVArgs``, ``PrefillServerInfo`` and
 ``CommonKVBootstrapServer``, ``ServerArgs`` and the runtime context that
-``register_to_bootstrap`` reads (published as a scheduler process publishes it).
+``register_to_bootstrap`` reads (published as a scheduler process publishes it: conftest's
+``published``).
 
 Stood in: the managers' ``__init__`` (see :func:`kv_manager`, :func:`prealloc_queue`) and
 the requests' KV receivers (:class:`KVReceiver`).
@@ -13,25 +14,20 @@ the requests' KV receivers (:class:`KVReceiver`).
 from __future__ import annotations
 
 import contextlib
-import os
 import pkgutil
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 from sglang.srt import plugins as sglang_plugins
-from sglang.srt import runtime_context
 from sglang.srt.disaggregation import decode
 from sglang.srt.disaggregation.common import conn
 from sglang.srt.plugins.hook_registry import HookRegistry
-from sglang.srt.server_args import ServerArgs
 
 from coordinator.clock import REAL_TIME
-from coordinator.instance import CHANNEL_VAR, Board
+from coordinator.instance import Board
 from coordinator.sglang import _install
 from coordinator.sglang import _targets as t
 from coordinator.testing import example_payload, free_port
@@ -89,32 +85,8 @@ class Plugins:
         conn.requests = self._requests
 
 
-@pytest.fixture
-def plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[Plugins]:
-    """The plugin framework, reset after the test (``_install.shutdown()`` included); the
-    variables SGLang and the plugin read, cleared."""
-    for name in list(os.environ):
-        if name.startswith(("PREFILL_STARTUP_", "SGLANG_")):
-            monkeypatch.delenv(name)
-    # Ours alone: smg-grpc-servicer's plugins (installed with SGLang) hook SGLang's scheduler
-    # and parser, which these tests would have to put back.
-    monkeypatch.setenv("SGLANG_PLUGINS", "prefill_startup")
-    monkeypatch.setenv("PREFILL_STARTUP_HEALTH_PORT", "0")  # the probe port on a free port
-    monkeypatch.setenv(CHANNEL_VAR, "")  # the plugin exports its channel here; monkeypatch drops it after
-    found = Plugins()
-    yield found
-    found.reset()
-
-
-@pytest.fixture(scope="session")
-def published(model_dir: Path) -> Iterator[Any]:
-    """SGLang's runtime context as a prefill scheduler process publishes it (``register_to_bootstrap``
-    reads the serving, disaggregation and parallel settings from it): real ServerArgs on the CPU."""
-    server_args = ServerArgs(model_path=str(model_dir), device="cpu", disaggregation_mode="prefill",
-                             skip_tokenizer_init=True, host="127.0.0.1")
-    runtime_context.publish(server_args, role="scheduler")
-    yield server_args
-    runtime_context.reset_context()
+# The fixtures plugins (a Plugins, reset after the test) and published (the runtime context)
+# are in conftest.py.
 
 
 # -- the managers, without their __init__ ----------------------------------------------------

@@ -17,12 +17,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from coordinator.clock import REAL_TIME
+from coordinator.instance import CHANNEL_VAR
 from coordinator.testing import free_port
+
+if TYPE_CHECKING:
+    from tests.sglang_real._sglang import Plugins
 
 BOUNDARY = Path(__file__).with_name("_boundary.py")
 # A model SGLang's argument resolution accepts on a CPU: a config, no weights (nothing loads them).
@@ -40,6 +44,45 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (path / "config.json").write_text(json.dumps(TINY_LLAMA))
     return path
 
+
+# -- the in-process tests' fixtures (test_plugin.py) ------------------------------------------------
+# They import SGLang when they run, not here: what only launches (test_launch.py, test_nodes.py,
+# scripts/launch_figures.py import Launch from here) stays free of its import and the variables it sets.
+
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[Plugins]:
+    """The plugin framework, reset after the test (``_install.shutdown()`` included); the
+    variables SGLang and the plugin read, cleared."""
+    from tests.sglang_real._sglang import Plugins
+
+    for name in list(os.environ):
+        if name.startswith(("PREFILL_STARTUP_", "SGLANG_")):
+            monkeypatch.delenv(name)
+    # Ours alone: smg-grpc-servicer's plugins (installed with SGLang) hook SGLang's scheduler
+    # and parser, which these tests would have to put back.
+    monkeypatch.setenv("SGLANG_PLUGINS", "prefill_startup")
+    monkeypatch.setenv("PREFILL_STARTUP_HEALTH_PORT", "0")  # the probe port on a free port
+    monkeypatch.setenv(CHANNEL_VAR, "")  # the plugin exports its channel here; monkeypatch drops it after
+    found = Plugins()
+    yield found
+    found.reset()
+
+
+@pytest.fixture(scope="session")
+def published(model_dir: Path) -> Iterator[Any]:
+    """SGLang's runtime context as a prefill scheduler process publishes it (``register_to_bootstrap``
+    reads the serving, disaggregation and parallel settings from it): real ServerArgs on the CPU."""
+    from sglang.srt import runtime_context
+    from sglang.srt.server_args import ServerArgs
+
+    server_args = ServerArgs(model_path=str(model_dir), device="cpu", disaggregation_mode="prefill",
+                             skip_tokenizer_init=True, host="127.0.0.1")
+    runtime_context.publish(server_args, role="scheduler")
+    yield server_args
+    runtime_context.reset_context()
+
+
+# -- launches, each a process tree of its own -------------------------------------------------------
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without any PREFILL_STARTUP_* or SGLANG_* setting, plus ``extra``."""

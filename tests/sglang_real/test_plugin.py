@@ -40,10 +40,22 @@ from coordinator.sglang import _install
 from coordinator.sglang import _targets as t
 from coordinator.testing import FaultServer, free_port
 from coordinator.testing.faultserver import hang
-from tests.sglang_real._sglang import (DECODE_TARGETS, MANAGER_ATTRIBUTES, QUEUE_ATTRIBUTES, TARGETS, Plugins,
-                                       bootstrap_server, decode_requests, kv_manager, prealloc_queue, prefill_ranks,
-                                       register_over_http, start_bootstrap_server, stop_bootstrap_server, until)
-from tests.sglang_real._sglang import plugins, published  # noqa: F401 - fixtures
+from tests.sglang_real._sglang import (
+    DECODE_TARGETS,
+    MANAGER_ATTRIBUTES,
+    QUEUE_ATTRIBUTES,
+    TARGETS,
+    Plugins,
+    bootstrap_server,
+    decode_requests,
+    kv_manager,
+    prealloc_queue,
+    prefill_ranks,
+    register_over_http,
+    start_bootstrap_server,
+    stop_bootstrap_server,
+    until,
+)
 
 HOOKED = (t.REGISTER_ROW, t.TRY_ENSURE, t.ENSURE_INFO, t.HANDLE_FAILURE)
 RENAMED = Path(__file__).with_name("_renamed.py")

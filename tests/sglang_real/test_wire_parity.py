@@ -211,7 +211,8 @@ def test_same_requests_same_answers(case: tuple[Shape, list[Req]]) -> None:
 def put(port: int, payload: Any, headers: dict[str, str] | None = None) -> Answer:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        c.request("PUT", "/route", json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
+        c.request("PUT", "/route", json.dumps(payload).encode(),
+                  {"Content-Type": "application/json", **(headers or {})})
         resp = c.getresponse()
         return Answer(resp.status, (resp.getheader("Content-Type") or "").split(";")[0], resp.read())
     finally:
@@ -225,7 +226,8 @@ def get(port: int, path: str) -> Answer:
 def test_a_retried_put_makes_upstream_ready_early_and_not_ours() -> None:
     with both() as (upstream, ours):
         for _ in range(2):  # rank 0's PUT, retried after a lost answer
-            assert put(upstream.port, example_payload(0, 2)).status == put(ours.port, example_payload(0, 2)).status == 200
+            assert (put(upstream.port, example_payload(0, 2)).status
+                    == put(ours.port, example_payload(0, 2)).status == 200)
         assert get(upstream.port, TOPOLOGY).status == 200  # "ready" with rank 1 missing
         assert get(upstream.port, route(0, 0, 1, 0)).status == 404  # ... which decode then cannot find
         for path in (TOPOLOGY, route(0, 0, 0, 0), route(0, 0, 1, 0)):
