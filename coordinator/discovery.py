@@ -39,7 +39,7 @@ from coordinator.clock import Clock, Rng
 from coordinator.driver import Driver, StartupFailed
 from coordinator.instrumentation import Hook
 from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.policy import Backoff, Policy, RetryPolicy, retry_after_seconds
+from coordinator.policy import DISCOVER_DEADLINE_S, Backoff, Policy, RetryPolicy, retry_after_seconds
 from coordinator.protocol import (
     GENERATION_HEADER,
     LONG_POLL_HEADER,
@@ -62,8 +62,7 @@ from coordinator.snapshot import Kind
 from coordinator.transport import HttpTransport, LookupTransport
 
 _TOPOLOGY_QUERY = route_query(TOPOLOGY_KEY)
-# A decode instance may start long before its prefill instance has loaded its model.
-DEFAULT_DEADLINE_S = 600.0
+DEFAULT_DEADLINE_S = DISCOVER_DEADLINE_S
 # Watching: a check a second (jittered) keeps the stale window under about a second, at one
 # small GET per second per decode process: 1,000 watchers cost a server 1,000 GETs/s, which
 # ours serves (scripts/load_bench.py); against ours, long-polls bring that to 1,000/LONG_POLL_S.

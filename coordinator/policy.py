@@ -49,6 +49,10 @@ _TROUBLE_FAILURES = frozenset(
 _LAST_ATTEMPT_MIN_S = 0.05
 _MIN_SLEEP_S = 1e-3
 MAX_ATTEMPT_TIMEOUT_S = 3600.0
+# Each side's budget by default: a prefill rank registers within 2 minutes of its first
+# attempt; a decode instance may start long before its prefill instance has loaded its model.
+REGISTER_DEADLINE_S = 120.0
+DISCOVER_DEADLINE_S = 600.0
 MIN_ATTEMPT_TIMEOUT_S = 1e-3  # shorter, no connection can be made: every attempt would time out
 MAX_DEADLINE_S = 365 * 86400.0  # a year; "no deadline" is None. Past it, clock sums lose their seconds.
 
@@ -190,7 +194,7 @@ class RetryPolicy:
     """
 
     max_attempts: int | None = None
-    deadline_s: float | None = 120.0
+    deadline_s: float | None = REGISTER_DEADLINE_S
     attempt_timeout_s: float = 5.0
     # A random phase first, then a steady 0.5 s: the lag after a late start stays under
     # 0.5 s, and the first answers when the server comes up are spread as thin as that

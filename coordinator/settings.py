@@ -9,6 +9,7 @@ variable counts as unset, as Python's own ``PYTHON*`` variables do.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 from collections.abc import Callable, Collection, Mapping
@@ -16,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
 from coordinator import validate
-from coordinator.policy import MAX_ATTEMPT_TIMEOUT_S, MAX_DEADLINE_S, MIN_ATTEMPT_TIMEOUT_S
+from coordinator.policy import (
+    DISCOVER_DEADLINE_S,
+    MAX_ATTEMPT_TIMEOUT_S,
+    MAX_DEADLINE_S,
+    MIN_ATTEMPT_TIMEOUT_S,
+    REGISTER_DEADLINE_S,
+    RetryPolicy,
+)
 
 PREFIX: Final = "PREFILL_STARTUP_"
 LOG_FORMATS: Final = ("auto", "console", "json")
@@ -30,8 +38,8 @@ class SettingError(ValueError):
 
 
 class Unset(enum.Enum):
-    """The default of a setting whose default belongs to the caller (a deadline: 120 s to
-    register, 600 s to wait)."""
+    """The default of a setting whose default belongs to the side's policy (a deadline: 120 s
+    to register, 600 s to wait)."""
 
     UNSET = "unset"
 
@@ -119,10 +127,11 @@ class Setting:
 TABLE: Final = (
     Setting("deadline_s", PREFIX + "DEADLINE", "--deadline", deadline, UNSET,
             "total budget in seconds from the first attempt; 'none': no deadline "
-            "(default: register 120, wait 600)"),
-    Setting("attempt_timeout_s", PREFIX + "ATTEMPT_TIMEOUT", "--attempt-timeout", attempt_timeout, 5.0,
-            f"limit of one attempt in seconds, at most {MAX_ATTEMPT_TIMEOUT_S:g} (default 5)"),
-    Setting("max_attempts", PREFIX + "MAX_ATTEMPTS", "--max-attempts", count, None,
+            f"(default: register {REGISTER_DEADLINE_S:g}, wait {DISCOVER_DEADLINE_S:g})"),
+    Setting("attempt_timeout_s", PREFIX + "ATTEMPT_TIMEOUT", "--attempt-timeout", attempt_timeout, UNSET,
+            f"limit of one attempt in seconds, {MIN_ATTEMPT_TIMEOUT_S:g} to {MAX_ATTEMPT_TIMEOUT_S:g} "
+            f"(default {RetryPolicy.attempt_timeout_s:g})"),
+    Setting("max_attempts", PREFIX + "MAX_ATTEMPTS", "--max-attempts", count, UNSET,
             "give up after N attempts (default: unlimited, the deadline rules)"),
     Setting("log_format", PREFIX + "LOG_FORMAT", "--log-format", log_format, "auto",
             "auto, console or json: console on a terminal, JSON otherwise (default auto)"),
@@ -142,6 +151,18 @@ TABLE: Final = (
 )
 
 
+# The settings that bound a driver's retries, laid over a side's policy by over().
+POLICY_FIELDS: Final = ("deadline_s", "attempt_timeout_s", "max_attempts")
+
+
+def over(base: RetryPolicy, values: Mapping[str, Any]) -> RetryPolicy:
+    """``base`` (a side's defaults) with the retry bounds in ``values`` (a Settings' fields or
+    the CLI's flags, by field name; ``deadline_s`` None: no deadline, UNSET: ``base``'s).
+    The one place settings meet a policy, for the CLI and the SGLang plugin alike."""
+    changes = {k: values[k] for k in POLICY_FIELDS if k in values and values[k] is not UNSET}
+    return dataclasses.replace(base, **changes)
+
+
 def var(field: str) -> str:
     """The variable of the setting ``field`` (e.g. ``var("state_dir")``)."""
     return next(s.var for s in TABLE if s.field == field)
@@ -151,9 +172,10 @@ def var(field: str) -> str:
 class Settings:
     """Every setting's value, from its variable or its default (see :data:`TABLE`)."""
 
-    deadline_s: float | None | Unset  # None: no deadline; UNSET: the caller's default
-    attempt_timeout_s: float
-    max_attempts: int | None  # None: unlimited
+    # The retry bounds: UNSET where no variable sets them, so a side's policy keeps its own.
+    deadline_s: float | None | Unset  # None: no deadline
+    attempt_timeout_s: float | Unset
+    max_attempts: int | None | Unset  # None: unlimited
     log_format: str
     log_level: str
     health_host: str

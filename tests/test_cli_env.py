@@ -38,7 +38,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_defaults() -> None:
     s = from_env({})
-    assert (s.deadline_s, s.attempt_timeout_s, s.max_attempts) == (UNSET, 5.0, None)
+    assert (s.deadline_s, s.attempt_timeout_s, s.max_attempts) == (UNSET, UNSET, UNSET)  # the policy's
     assert (s.log_format, s.log_level, s.health_host, s.health_port) == ("auto", "INFO", "127.0.0.1", None)
     assert (s.on_failure, s.watch) == ("raise", True)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -283,3 +283,15 @@ def test_each_consumer_answers_only_for_its_own_variables(capsys: pytest.Capture
     assert from_env({"PREFILL_STARTUP_LOG_LEVEL": "loud"}, FIELDS).watch is True
     with pytest.raises(SettingError, match="PREFILL_STARTUP_WATCH"):
         from_env({"PREFILL_STARTUP_WATCH": "maybe"}, FIELDS)
+
+
+def test_the_cli_and_the_plugin_lay_the_variables_over_a_policy_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coordinator.policy import RetryPolicy
+
+    env = {"PREFILL_STARTUP_DEADLINE": "7", "PREFILL_STARTUP_ATTEMPT_TIMEOUT": "2", "PREFILL_STARTUP_MAX_ATTEMPTS": "4"}
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    cli = policy_from(parse("register", "--bootstrap", "h:1", "--payload", "{}"))
+    plugin = settings.over(RetryPolicy(), dataclasses.asdict(from_env(env)))
+    assert cli == plugin == dataclasses.replace(RetryPolicy(), deadline_s=7.0, attempt_timeout_s=2.0, max_attempts=4)
+    assert settings.over(RetryPolicy(), dataclasses.asdict(from_env({}))) == RetryPolicy()  # nothing set: the side's

@@ -4,7 +4,6 @@ settings), and bad input (exit 2)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from typing import Any
 
@@ -46,11 +45,10 @@ def token_from_env(var: str | None) -> str | None:
 
 
 def policy_from(args: argparse.Namespace, base: RetryPolicy | None = None) -> RetryPolicy:
-    deadline = None if args.no_deadline else args.deadline
-    return dataclasses.replace(
-        base or RetryPolicy(),
-        max_attempts=args.max_attempts, deadline_s=deadline, attempt_timeout_s=args.attempt_timeout,
-    )
+    return settings.over(base or RetryPolicy(), {
+        "deadline_s": None if args.no_deadline else args.deadline,
+        "attempt_timeout_s": args.attempt_timeout, "max_attempts": args.max_attempts,
+    })
 
 
 def add_health_args(p: argparse.ArgumentParser) -> None:

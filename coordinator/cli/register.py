@@ -19,6 +19,7 @@ from coordinator.cli._options import (
     token_from_env,
 )
 from coordinator.cli._run import EXIT_FAILED, EXIT_OK, drive
+from coordinator.policy import REGISTER_DEADLINE_S
 from coordinator.protocol import bootstrap_url
 from coordinator.registration import Registration
 from states import State
@@ -38,7 +39,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     add_name_arg(reg, default="none")
     add_health_args(reg)
     reg.add_argument("--token-env", metavar="VAR", help="send 'Authorization: Bearer $VAR'")
-    add_policy_args(reg, deadline=120.0)
+    add_policy_args(reg, deadline=REGISTER_DEADLINE_S)
     reg.set_defaults(func=run)
 
 

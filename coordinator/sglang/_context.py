@@ -11,7 +11,7 @@ from typing import Any
 from coordinator.clock import Clock, Rng, SystemClock, entropy_rng
 from coordinator.instance import Joined
 from coordinator.policy import RetryPolicy
-from coordinator.settings import UNSET, Settings
+from coordinator.settings import Settings, over
 
 
 @dataclass
@@ -29,11 +29,7 @@ class PluginContext:
 
     def policy(self, base: RetryPolicy) -> RetryPolicy:
         """``base`` (a side's defaults) with what the variables set."""
-        s = self.settings
-        changes: dict[str, Any] = {"attempt_timeout_s": s.attempt_timeout_s, "max_attempts": s.max_attempts}
-        if s.deadline_s is not UNSET:
-            changes["deadline_s"] = s.deadline_s
-        return dataclasses.replace(base, **changes)
+        return over(base, dataclasses.asdict(self.settings))
 
     def publish(self, driver: Any) -> Callable[[], None]:
         """Publish ``driver``'s snapshots to the main process's probes; the callable retires it."""
