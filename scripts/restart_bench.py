@@ -35,8 +35,8 @@ from typing import Any
 from coordinator import BootstrapServer
 from coordinator.discovery import DEFAULT_WATCH_INTERVAL_S, LONG_POLL_S
 from coordinator.protocol import LONG_POLL_HEADER, ROUTE_PATH, TOPOLOGY_KEY, WAIT_PARAM, route_query
-from coordinator.sim import RestartScenario, compare_restart, describe_restart
-from coordinator.sim._restart import POLLING, RestartResult
+from coordinator.sim import RestartResult, RestartScenario, compare_restart, describe_restart
+from coordinator.sim._restart_model import POLLING
 from coordinator.testing import example_payload
 
 DOWN_S = (0.5, 3.0, 20.0)
@@ -49,7 +49,7 @@ def simulate(trials: int, seed: int) -> dict[float, dict[str, RestartResult]]:
     out = {}
     for down in DOWN_S:
         scenario = RestartScenario(down_s=down, trials=trials, seed=seed)
-        results = compare_restart(scenario)
+        results = {model.value: r for model, r in compare_restart(scenario).items()}
         results[NOT_KEPT] = compare_restart(replace(scenario, keep_alive=False), (POLLING,))[POLLING]
         out[down] = results
     return out

@@ -1,4 +1,4 @@
-"""The restart scenario (coordinator/sim/_restart.py): a prefill instance restarts under a
+"""The restart scenario (coordinator/sim/_restart_*.py): a prefill instance restarts under a
 watching decode instance; ours (a real Discovery on a FakeClock) vs upstream's heartbeat."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from coordinator.discovery import CLOSE_CHECK_S
 from coordinator.outcome import Failure, Outcome
 from coordinator.protocol import GENERATION_HEADER, LONG_POLL_HEADER, TOPOLOGY_KEY, route_query
 from coordinator.sim import RestartScenario, compare_restart, format_restart_table
-from coordinator.sim._restart import (
+from coordinator.sim._restart_model import (
     HEARTBEAT,
     LONG_POLL,
     MODELS,
@@ -25,8 +25,8 @@ from coordinator.sim._restart import (
     RestartTransport,
     RestartTrial,
     draw_restart_trials,
-    run_restart_trial,
 )
+from coordinator.sim._restart_run import run_restart_trial
 
 LATENCY = 0.001
 TOPOLOGY_URL = f"http://bootstrap.sim:8998/route?{route_query(TOPOLOGY_KEY)}"

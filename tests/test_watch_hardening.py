@@ -24,7 +24,8 @@ from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.policy import Reason
 from coordinator.protocol import GENERATION_HEADER, LONG_POLL_HEADER, QUERY_FIELDS, TOPOLOGY_KEY, RankKey
 from coordinator.sim import RestartScenario
-from coordinator.sim._restart import POLLING, RestartTrial, run_restart_trial
+from coordinator.sim._restart_model import POLLING, RestartTrial
+from coordinator.sim._restart_run import run_restart_trial
 from coordinator.testing import ScriptedTransport, example_payload
 from coordinator.testing.faultserver import FaultServer, respond
 from coordinator.transport import HttpTransport

@@ -5,7 +5,8 @@ real :class:`~coordinator.Discovery`) driving the shared ``transitions`` Machine
 its policy (a :class:`~coordinator.RetryPolicy`, or one of upstream's loops from
 :mod:`coordinator.sim.upstream`), on its own FakeClock; only the bootstrap server
 is a model (:mod:`coordinator.sim._model`). :func:`compare` runs policies on
-identical draws; :func:`compare_decode` does the same for the decode side. Lag is
+identical draws; :func:`compare_decode` does the same for the decode side; :func:`compare_restart` has a
+prefill instance restart under a watching decode instance (:mod:`coordinator.sim._restart_model`). Lag is
 measured from ``ready``, the first moment a PUT could get a 200 (a lookup, the
 topology). ``workers`` > 1 spreads the work over processes without changing a figure.
 """
@@ -41,6 +42,9 @@ from coordinator.sim._report import (
     prefill_result,
     write_plot,
 )
+from coordinator.sim._restart_model import MODELS, RestartModel, RestartScenario, draw_restart_trials
+from coordinator.sim._restart_report import RestartResult, describe_restart, format_restart_table
+from coordinator.sim._restart_run import run_restart_trial
 from coordinator.sim.upstream import sglang_decode, sglang_pr25125
 from states import State
 
@@ -49,6 +53,8 @@ __all__ = [
     "MAX_TRIALS", "DecodeResult", "Result", "Scenario", "Trial", "check_counts", "compare", "compare_decode",
     "default_decode_policies", "default_policies", "describe", "draw_trials", "format_decode_table", "format_table",
     "simulate", "write_plot",
+    # The restart scenario.
+    "RestartModel", "RestartResult", "RestartScenario", "compare_restart", "describe_restart", "format_restart_table",
 ]
 
 DEFAULT_RANKS = 512
@@ -133,13 +139,13 @@ def compare_decode(scenario: Scenario, policies: Mapping[str, Policy] | None = N
     return results
 
 
-# The restart scenario: a prefill instance restarts under a watching decode instance.
-from coordinator.sim._restart import (  # noqa: E402 - after the fleet simulator's names
-    RestartResult,
-    RestartScenario,
-    compare_restart,
-    describe_restart,
-    format_restart_table,
-)
-
-__all__ += ["RestartResult", "RestartScenario", "compare_restart", "describe_restart", "format_restart_table"]
+def compare_restart(scenario: RestartScenario,
+                    models: Sequence[RestartModel] = MODELS) -> dict[RestartModel, RestartResult]:
+    """The restart scenario: a prefill instance restarts under a watching decode instance. Each
+    of ``models`` (every :class:`RestartModel` by default) on the same draws."""
+    draws = tuple(draw_restart_trials(scenario))
+    results = {}
+    for model in map(RestartModel.of, models):
+        outcomes = tuple(run_restart_trial(model, trial, scenario) for trial in draws)
+        results[model] = RestartResult(model, scenario, draws, outcomes)
+    return results
