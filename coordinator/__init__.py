@@ -68,7 +68,7 @@ _LAZY = {
     "Outcome": "coordinator.outcome",
     "PayloadError": "coordinator.protocol",
     "PrefillInfo": "coordinator.protocol",
-    "Reason": "coordinator.policy",
+    "Reason": "coordinator.outcome",
     "Registration": "coordinator.registration",
     "RegistrationFailed": "coordinator.registration",
     "RetryPolicy": "coordinator.policy",
@@ -84,8 +84,8 @@ if TYPE_CHECKING:
     from coordinator.clock import Clock, FakeClock, SystemClock
     from coordinator.discovery import Discovery, DiscoveryFailed
     from coordinator.driver import StartupFailed
-    from coordinator.outcome import Cause, Failure, Outcome
-    from coordinator.policy import Backoff, Lane, Reason, RetryPolicy
+    from coordinator.outcome import Cause, Failure, Outcome, Reason
+    from coordinator.policy import Backoff, Lane, RetryPolicy
     from coordinator.protocol import PayloadError, PrefillInfo, bootstrap_url, validate_payload
     from coordinator.registration import Registration, RegistrationFailed
     from coordinator.server import BootstrapServer

@@ -22,8 +22,8 @@ from coordinator import validate
 from coordinator.clock import Clock, Rng, SystemClock, entropy_rng
 from coordinator.instrumentation import AttemptRecord, Hook, Record, TransitionRecord, default_hooks
 from coordinator.instrumentation._log import default_logger
-from coordinator.outcome import Cause, Failure, HarnessError, Outcome, cause_of
-from coordinator.policy import NO_FAILURES, Decision, Policy, Reason, RetryPolicy
+from coordinator.outcome import Cause, Failure, HarnessError, Outcome, Reason, cause_of
+from coordinator.policy import NO_FAILURES, Decision, Policy, RetryPolicy
 from coordinator.snapshot import Kind, Snapshot
 from states import GUARDS, TERMINAL, TRANSITIONS, State, Trigger, Verdict
 

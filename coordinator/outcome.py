@@ -1,4 +1,5 @@
-"""What one registration attempt produced, as plain data (no exceptions, no sockets)."""
+"""What one registration attempt produced and why a driver reached its state, as plain data
+(no exceptions, no sockets)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,22 @@ class Failure(str, Enum):
     # The two below come with a status: what a discovery concluded from an answer.
     PENDING = "pending"  # 503 while prefill ranks register, 404 for a rank not yet there: not yet
     INVALID = "invalid"  # an answer no retry can fix: malformed, or a topology that disagrees
+
+
+class Reason(str, Enum):
+    """Why a driver reached its state; the value is what JSON, logs and metrics show."""
+
+    REGISTERED = "registered"
+    RETRY = "retry"
+    PERMANENT = "permanent"  # an answer that retrying cannot change (4xx, 3xx)
+    EXHAUSTED = "exhausted"  # max_attempts used up
+    DEADLINE = "deadline"  # no time left for another attempt
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"  # the driver's run broke (a test's fake asserting): not the network
+    GONE = "gone"  # read from another process's published snapshot: that process has exited
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class HarnessError(Exception):

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from coordinator import validate
 from coordinator.clock import Rng
-from coordinator.outcome import Failure, Outcome
+from coordinator.outcome import Failure, Outcome, Reason
 from coordinator.validate import finite
 from states import Verdict
 
@@ -21,22 +21,6 @@ class Lane(str, Enum):
     REFUSED = "refused"  # nothing listens yet: a probe costs the server nothing
     TROUBLE = "trouble"  # the server (or the path to it) is struggling: back off hard
     PENDING = "pending"  # a discovery's "not yet": prefill ranks are still registering
-
-
-class Reason(str, Enum):
-    """Why a driver reached its state; the value is what JSON, logs and metrics show."""
-
-    REGISTERED = "registered"
-    RETRY = "retry"
-    PERMANENT = "permanent"  # an answer that retrying cannot change (4xx, 3xx)
-    EXHAUSTED = "exhausted"  # max_attempts used up
-    DEADLINE = "deadline"  # no time left for another attempt
-    CANCELLED = "cancelled"
-    INTERNAL = "internal"  # the driver's run broke (a test's fake asserting): not the network
-    GONE = "gone"  # read from another process's published snapshot: that process has exited
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _RETRYABLE_STATUS = frozenset({408, 429})

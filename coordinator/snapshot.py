@@ -6,8 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from coordinator.outcome import Cause
-from coordinator.policy import Reason
+from coordinator.outcome import Cause, Reason
 from states import TERMINAL, State
 
 if TYPE_CHECKING:

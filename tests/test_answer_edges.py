@@ -8,8 +8,7 @@ import logging
 import pytest
 
 from coordinator import Discovery, FakeClock, Registration, RetryPolicy
-from coordinator.outcome import Failure
-from coordinator.policy import Reason
+from coordinator.outcome import Failure, Reason
 from coordinator.testing import FaultServer, ScriptedTransport, example_payload
 from coordinator.testing.faultserver import respond
 from coordinator.transport import MAX_ANSWER_BYTES, HttpTransport

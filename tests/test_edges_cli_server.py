@@ -17,7 +17,7 @@ from coordinator import BootstrapServer
 from coordinator.cli import build_parser, main
 from coordinator.cli import simulate as cli_sim
 from coordinator.cli._argtypes import CORES
-from coordinator.server import _base
+from coordinator.server import _parking
 from coordinator.sim import MAX_LATENCY_S, MAX_RANK_RUNS, MAX_TRIALS, Scenario, check_counts
 from coordinator.testing import free_port
 
@@ -142,13 +142,13 @@ def test_without_a_command_stdout_is_the_prefill_info(complete_prefill: Bootstra
 def reads(monkeypatch: pytest.MonkeyPatch) -> queue.Queue[None]:
     """One item each time the parking thread has read a held connection (a FIN, a reset, a request)."""
     done: queue.Queue[None] = queue.Queue()
-    original: Callable[[_base._Parking, _base._Held], None] = _base._Parking._readable
+    original: Callable[[_parking.Parking, _parking._Held], None] = _parking.Parking._readable
 
-    def readable(self: _base._Parking, held: _base._Held) -> None:
+    def readable(self: _parking.Parking, held: _parking._Held) -> None:
         original(self, held)
         done.put(None)
 
-    monkeypatch.setattr(_base._Parking, "_readable", readable)
+    monkeypatch.setattr(_parking.Parking, "_readable", readable)
     return done
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from coordinator.sglang._canned import CannedRequests
+from coordinator.sglang._stand_in_requests import CannedRequests
 
 TOPOLOGY = "http://10.0.0.5:8998/route?prefill_dp_rank=-1&prefill_cp_rank=-1&target_tp_rank=-1&target_pp_rank=-1"
 

@@ -20,9 +20,9 @@ from coordinator.instance import Joined
 from coordinator.instance._board import Board
 from coordinator.instance._channel import Local
 from coordinator.settings import from_env
-from coordinator.sglang._canned import CannedRequests
 from coordinator.sglang._context import PluginContext
 from coordinator.sglang._decode import DecodeSide
+from coordinator.sglang._stand_in_requests import CannedRequests
 from coordinator.testing import example_payload, free_port
 from states import State
 

@@ -12,8 +12,7 @@ import requests
 
 from coordinator import FakeClock, Registration, health
 from coordinator.instrumentation import SystemdNotifier, TransitionRecord
-from coordinator.outcome import Cause
-from coordinator.policy import Reason
+from coordinator.outcome import Cause, Reason
 from coordinator.snapshot import Snapshot
 from coordinator.testing import ScriptedTransport, example_payload
 from states import State, Trigger

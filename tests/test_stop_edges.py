@@ -10,8 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from coordinator import Registration, RetryPolicy, Snapshot
-from coordinator.outcome import Failure
-from coordinator.policy import Reason
+from coordinator.outcome import Failure, Reason
 from coordinator.testing import ScriptedTransport, ScriptExhausted, example_payload
 from coordinator.transport import HttpTransport
 from states import State

@@ -20,8 +20,7 @@ import pytest
 from coordinator import Discovery, FakeClock, Registration, RetryPolicy, Snapshot
 from coordinator.discovery import CLOSE_CHECK_S, GONE_CHECK_S, MAX_LEARNED_TARGETS, RANKS_PER_CHECK, REFUSED_GRACE_S
 from coordinator.instrumentation import LogHook
-from coordinator.outcome import Cause, Failure, Outcome
-from coordinator.policy import Reason
+from coordinator.outcome import Cause, Failure, Outcome, Reason
 from coordinator.protocol import GENERATION_HEADER, LONG_POLL_HEADER, QUERY_FIELDS, TOPOLOGY_KEY, RankKey
 from coordinator.sim import RestartScenario
 from coordinator.sim._restart_model import POLLING, RestartTrial

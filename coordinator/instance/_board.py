@@ -16,8 +16,7 @@ from dataclasses import dataclass, replace
 
 from coordinator.clock import REAL_TIME, Clock
 from coordinator.health._probe import Expected
-from coordinator.outcome import Cause
-from coordinator.policy import Reason
+from coordinator.outcome import Cause, Reason
 from coordinator.snapshot import Snapshot
 from states import State
 

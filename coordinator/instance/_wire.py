@@ -13,8 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.outcome import Cause
-from coordinator.policy import Reason
+from coordinator.outcome import Cause, Reason
 from coordinator.snapshot import Kind, Snapshot
 from states import State
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.instrumentation._records import AttemptRecord, Record, TransitionRecord
-from coordinator.policy import Lane, Reason
+from coordinator.outcome import Reason
+from coordinator.policy import Lane
 from coordinator.snapshot import Snapshot
 from states import TERMINAL, State, Trigger, Verdict
 

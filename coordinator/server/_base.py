@@ -1,4 +1,4 @@
-"""One stdlib HTTP server base for the bootstrap server and the probe server.
+"""One stdlib HTTP server base for the bootstrap server and the probe server, hardened.
 
 What the stdlib defaults get wrong for this job, fixed once:
 - a listen backlog of 5: every waiting rank connects within half a second of the
@@ -20,36 +20,26 @@ What the stdlib defaults get wrong for this job, fixed once:
 - a request with two ``Content-Length`` headers served with the first (request
   smuggling when a proxy in front reads the other): here a 400 and a closed connection.
 
-Held answers (long-polls) keep the thread-per-connection model for everything else:
-a handler that has read a request it cannot answer yet hands its connection to ONE
-parking thread (:meth:`Server.park`, a ``selectors`` loop) and returns, so a thousand
-held requests cost a thousand sockets, not a thousand threads. The parking thread
-answers each when :meth:`Server.wake_parked` says the state changed, or at its
-deadline (one non-blocking write, ``Connection: close``), and drops at once a
-connection its client reset. A client's FIN changes nothing: a half-closed client
-still reads its answer. Parked connections do not count against
-:attr:`Server.max_connections` (they hold no thread) but against
-:attr:`Server.max_parked`; beyond it :meth:`Server.park` refuses and the handler
-answers at once. Closing the server closes them unanswered.
+Held answers (long-polls) are not answered from a handler thread: :meth:`Server.park` hands
+the connection to the parking thread (:mod:`._parking`), which holds no thread per connection;
+parked connections count against :attr:`Server.max_parked`, not :attr:`Server.max_connections`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import io
-import itertools
 import logging
-import selectors
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
 
 from coordinator.clock import REAL_TIME
+from coordinator.server._parking import Answer, Parking, close_drained
 from coordinator.validate import url_host
 
 _log = logging.getLogger("coordinator.server")
@@ -60,167 +50,6 @@ def _over_capacity(headers: Sequence[tuple[str, str]]) -> bytes:
     return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: 33\r\nRetry-After: 1\r\nConnection: close\r\n" + extra + b"\r\n"
             b"too many connections, retry later")
-
-
-def _close_drained(sock: socket.socket) -> None:
-    # Closing with the client's request unread would reset the connection, and the
-    # client would lose the 503 it has not read yet.
-    with contextlib.suppress(OSError):  # BlockingIOError: nothing more to read now
-        for _ in range(16):
-            if not sock.recv(65536):
-                break
-    sock.close()
-
-
-# A held request's answer: called with timed_out=False when woken (None: keep holding)
-# and with timed_out=True at its deadline (never None then).
-Answer = Callable[[bool], bytes | None]
-
-
-class _Held:
-    __slots__ = ("sock", "deadline", "answer", "watched")
-
-    def __init__(self, sock: socket.socket, deadline: float, answer: Answer) -> None:
-        self.sock, self.deadline, self.answer = sock, deadline, answer
-        self.watched = True  # in the selector, for reads, until its client's FIN
-
-
-class _Parking:
-    """The parking thread and the connections it holds (see the module docstring)."""
-
-    def __init__(self, name: str, limit: int) -> None:
-        self._limit = limit
-        self._lock = threading.Lock()  # guards the fields below up to _held
-        self._incoming: list[_Held] = []  # handed over, not yet seen by the thread
-        self._count = 0  # handed over and not yet closed
-        self._poke = False  # re-ask every held answer
-        self._closing = False
-        self._full = False  # at the limit since the last accepted one: warn once per episode
-        self._held: dict[socket.socket, _Held] = {}  # the thread's own
-        self._seq = itertools.count()  # heap tie-breaker
-        self._selector = selectors.DefaultSelector()  # epoll/kqueue: no FD_SETSIZE limit
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return self._count
-
-    def take(self, sock: socket.socket, deadline: float, answer: Answer) -> bool:
-        """Hold ``sock`` until ``answer`` gives bytes; False (not taken) when full or closing."""
-        with self._lock:
-            if self._closing:
-                return False
-            full = self._count >= self._limit
-            warn, self._full = full and not self._full, full
-            if not full:
-                self._count += 1
-                self._incoming.append(_Held(sock, deadline, answer))
-                self._signal()
-        if warn:
-            _log.warning("%d requests held, the most at once: further long-polls are answered at once "
-                         "until some are answered", self._limit)
-        return not full
-
-    def wake(self) -> None:
-        with self._lock:
-            self._poke = True
-            if not self._closing:
-                self._signal()
-
-    def close(self) -> None:
-        """Close every held connection unanswered and join the thread."""
-        with self._lock:
-            self._closing = True
-            self._signal()
-        self._thread.join()
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()  # after the join, and no one signals once _closing is set
-
-    def _signal(self) -> None:  # caller holds the lock
-        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
-            self._wake_w.send(b"\0")
-
-    def _run(self) -> None:
-        deadlines: list[tuple[float, int, _Held]] = []
-        while True:
-            timeout = max(0.0, deadlines[0][0] - REAL_TIME.now()) if deadlines else None
-            ready = [key.data for key, _ in self._selector.select(timeout)]
-            with self._lock:
-                incoming, self._incoming = self._incoming, []
-                poke, self._poke = self._poke, False
-                if self._closing:
-                    for held in (*self._held.values(), *incoming):
-                        held.sock.close()
-                    self._held.clear()
-                    self._count = 0
-                    return
-            for held in ready:
-                if held is None:
-                    with contextlib.suppress(BlockingIOError):
-                        self._wake_r.recv(4096)
-                else:
-                    self._readable(held)
-            for held in incoming:
-                held.sock.setblocking(False)
-                self._held[held.sock] = held
-                self._selector.register(held.sock, selectors.EVENT_READ, held)
-                heapq.heappush(deadlines, (held.deadline, next(self._seq), held))
-            # New ones too: the state may have changed between the handler's look and the hand-over.
-            for held in list(self._held.values()) if poke else incoming:
-                self._settle(held, timed_out=False)
-            now = REAL_TIME.now()
-            while deadlines and deadlines[0][0] <= now:
-                held = heapq.heappop(deadlines)[2]
-                if self._held.get(held.sock) is held:
-                    self._settle(held, timed_out=True)
-            if not self._held:
-                deadlines.clear()  # entries of connections answered early
-
-    def _readable(self, held: _Held) -> None:
-        try:
-            data = held.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:  # reset: the client is gone, nothing to answer
-            self._drop(held)
-            return
-        if data:  # a pipelined request: answer this one now; Connection: close drops the next
-            self._settle(held, timed_out=True)
-            return
-        # A FIN: the client sends no more but may still read (RFC 9112, 9.6: a half-close does
-        # not "imply that the client is no longer interested in a response"), so its long-poll is
-        # answered when due; answering at once would turn such a client's long-poll into a busy
-        # re-poll. A FIN cannot tell a half-close from a close: a closed client's socket is held
-        # until then too (at most the wait). At EOF the socket stays readable: stop reading it.
-        self._selector.unregister(held.sock)
-        held.watched = False
-
-    def _settle(self, held: _Held, *, timed_out: bool) -> None:
-        try:
-            answer = held.answer(timed_out)
-        except Exception:  # a bug; the other held connections must not hang on it
-            _log.exception("answering a held request failed")
-            answer = b""
-        if answer is None:
-            return
-        with contextlib.suppress(OSError):
-            held.sock.send(answer)  # non-blocking: one write, never a wait on a client that does not read
-        self._drop(held)
-
-    def _drop(self, held: _Held) -> None:
-        if held.watched:
-            self._selector.unregister(held.sock)
-        del self._held[held.sock]
-        _close_drained(held.sock)
-        with self._lock:
-            self._count -= 1
 
 
 class Server(ThreadingHTTPServer):
@@ -248,7 +77,7 @@ class Server(ThreadingHTTPServer):
         self._conns_lock = threading.Lock()
         self._live_conns: set[socket.socket] = set()  # served by a handler thread
         self._handler_threads: list[threading.Thread] = []
-        self._parking: _Parking | None = None  # started by the first park()
+        self._parking: Parking | None = None  # started by the first park()
         self._closing = False
         self._refusing = False  # over max_connections since the last accepted connection
         self._refused: deque[tuple[float, socket.socket]] = deque()  # (close at, socket), oldest first
@@ -290,13 +119,13 @@ class Server(ThreadingHTTPServer):
         if len(self._refused) < self.max_connections:  # lingering sockets are bounded too
             self._refused.append((REAL_TIME.now() + self.refused_linger, request))
         else:
-            _close_drained(request)
+            close_drained(request)
 
     def service_actions(self) -> None:
         # serve_forever calls it on the accepting thread, the only one touching _refused.
         now = REAL_TIME.now()
         while self._refused and self._refused[0][0] <= now:
-            _close_drained(self._refused.popleft()[1])
+            close_drained(self._refused.popleft()[1])
 
     def park(self, request: socket.socket, deadline: float, answer: Answer) -> bool:
         """Hand ``request`` (a handler's connection, its request read) to the parking
@@ -307,7 +136,7 @@ class Server(ThreadingHTTPServer):
             if self._closing:
                 return False
             if self._parking is None:
-                self._parking = _Parking(f"{type(self).__name__}-parking", self.max_parked)
+                self._parking = Parking(f"{type(self).__name__}-parking", self.max_parked)
             if not self._parking.take(request, deadline, answer):
                 return False
             self._live_conns.discard(request)  # no thread holds it now: it frees its slot

@@ -21,8 +21,8 @@ from typing import Any
 
 from coordinator.discovery import Discovery
 from coordinator.discovery import default_policy as discovery_policy
-from coordinator.sglang._canned import CannedRequests
 from coordinator.sglang._context import PluginContext
+from coordinator.sglang._stand_in_requests import CannedRequests
 from coordinator.snapshot import Snapshot
 from states import State
 

@@ -15,12 +15,12 @@ from coordinator.server._base import Running
 from coordinator.settings import SettingError, from_env
 from coordinator.sglang import _probes
 from coordinator.sglang import _targets as t
-from coordinator.sglang._canned import install as install_canned
 from coordinator.sglang._context import PluginContext
 from coordinator.sglang._decode import DecodeSide
 from coordinator.sglang._expect import learn
 from coordinator.sglang._prefill import register_row
 from coordinator.sglang._roster import follow
+from coordinator.sglang._stand_in_requests import install as install_canned
 
 log = logging.getLogger("coordinator.sglang")
 # The variables the plugin reads; the CLI's own (log format, level) are none of its business.

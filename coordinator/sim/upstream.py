@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from coordinator.clock import Rng
-from coordinator.outcome import Failure, Outcome
-from coordinator.policy import Decision, Lane, Reason, retry
+from coordinator.outcome import Failure, Outcome, Reason
+from coordinator.policy import Decision, Lane, retry
 from states import Verdict
 
 
