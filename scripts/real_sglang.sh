@@ -13,7 +13,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 requirements="$root/scripts/real_sglang.requirements.txt"
 key=$(sha256sum "$requirements" | cut -c1-12)
-cache=${XDG_CACHE_HOME:-$HOME/.cache}/prefill-startup
+home=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}  # CI may run without HOME
+cache=${XDG_CACHE_HOME:-$home/.cache}/prefill-startup
 env_dir=${PREFILL_STARTUP_SGLANG_ENV:-$cache/sglang-0.5.23-$key}
 mkdir -p "$(dirname "$env_dir")"
 exec 9>"$env_dir.lock"
