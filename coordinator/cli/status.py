@@ -13,8 +13,7 @@ from coordinator.cli._options import UsageError
 from coordinator.cli._run import EXIT_FAILED, EXIT_OK
 from coordinator.health._answer import answer
 from coordinator.health._probe import Expected
-from coordinator.instance import BadMessage, Member, channels, query
-from coordinator.instance._channel import owner
+from coordinator.instance import BadMessage, Member, channels, owner, query
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -18,7 +18,8 @@ from coordinator.instance._board import Board, Member
 from coordinator.instance._channel import Local, Publish, Receiver, Sender, channels, descends, owner, query
 from coordinator.instance._wire import BadMessage, Report
 
-__all__ = ["CHANNEL_VAR", "BadMessage", "Board", "Joined", "Member", "Publish", "Report", "channels", "join", "query"]
+__all__ = ["CHANNEL_VAR", "BadMessage", "Board", "Joined", "Member", "Publish", "Report", "channels", "join", "owner",
+           "query"]
 
 CHANNEL_VAR = "PREFILL_STARTUP_CHANNEL"
 

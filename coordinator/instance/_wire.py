@@ -47,20 +47,25 @@ class Report:
     truncated: bool = False
 
 
+def _wired(snapshot: Snapshot) -> dict[str, Any]:
+    """A snapshot as the wire carries it."""
+    data = snapshot.to_dict()
+    data.pop("info", None)  # the probes never show the topology; it only costs bytes
+    err = data.get("last_error")
+    if err is not None:
+        err["message"] = err["message"][:MAX_TEXT]
+    return data
+
+
 def encode(driver: int, snapshot: Snapshot | None) -> bytes:
     body: dict[str, Any] = {"format": FORMAT, "driver": driver}
     if snapshot is not None:
-        data = snapshot.to_dict()
-        data.pop("info", None)  # the probes never show the topology; it only costs bytes
-        err = data.get("last_error")
-        if err is not None:
-            err["message"] = err["message"][:MAX_TEXT]
-        body["snapshot"] = data
+        body["snapshot"] = _wired(snapshot)
     return json.dumps(body, separators=(",", ":")).encode()
 
 
 def encode_report(report: Report) -> bytes:
-    members = [{"pid": pid, "snapshot": json.loads(encode(0, snap))["snapshot"]} for pid, snap in report.members]
+    members = [{"pid": pid, "snapshot": _wired(snap)} for pid, snap in report.members]
     body: dict[str, Any] = {"format": FORMAT, "expected_ranks": report.expected_ranks, "where": report.where,
                             "members": members, "truncated": report.truncated}
     data = json.dumps(body, separators=(",", ":")).encode()

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.instance import channels
-from coordinator.instance._channel import owner
+from coordinator.instance import channels, owner
 from coordinator.testing import free_port
 from tests.sglang_real.conftest import Launch
 
