@@ -21,6 +21,7 @@ from coordinator import discovery as discovery_module
 from coordinator.outcome import Outcome
 from coordinator.protocol import GENERATION_HEADER, LONG_POLL_HEADER
 from coordinator.server import _http as bootstrap_http
+from coordinator.server._parking import Parking
 from coordinator.testing import example_payload
 from coordinator.testing import http_request as request
 from coordinator.transport import HttpTransport
@@ -294,6 +295,36 @@ def test_closing_the_server_closes_held_long_polls_and_joins_every_thread() -> N
             sock.close()
     assert server.parked == 0
     assert {t.ident for t in threading.enumerate()} - before == set()
+
+
+def test_a_close_signalled_while_the_parking_thread_drains_its_wake_ups_is_not_lost() -> None:
+    # The interleaving that once left close() waiting for the next deadline: the close is
+    # signalled while the thread handles an earlier wake-up. Forced here: the thread's first
+    # read of its wake-up socket first lets close() set its flag and send its byte.
+    parking = Parking("test-parking", 8)
+    real = parking._wake_r
+    closer = threading.Thread(target=parking.close, daemon=True)
+
+    class Interleaved:
+        first = True
+
+        def recv(self, size: int) -> bytes:
+            if Interleaved.first:
+                Interleaved.first = False
+                closer.start()
+                until(lambda: parking._closing)
+                with parking._lock:  # close() signals under it: its byte is sent now
+                    pass
+            return real.recv(size)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    setattr(parking, "_wake_r", Interleaved())  # setattr: a stand-in of another type
+    parking.wake()
+    until(lambda: not Interleaved.first)
+    closer.join(timeout=WAIT_S)
+    assert not closer.is_alive(), "close() waited past the wake-up it signalled"
 
 
 # --- a real watcher against it ------------------------------------------------------------------------

@@ -120,6 +120,11 @@ class Parking:
         while True:
             timeout = max(0.0, deadlines[0][0] - REAL_TIME.now()) if deadlines else None
             ready = [key.data for key, _ in self._selector.select(timeout)]
+            if None in ready:
+                # Drained BEFORE the flags are read: a signal sent after that read stays pending
+                # for the next select. Draining after would eat a close() signal sent meanwhile,
+                # and the thread would sleep until the next deadline.
+                self._drain_wake()
             with self._lock:
                 incoming, self._incoming = self._incoming, []
                 poke, self._poke = self._poke, False
@@ -130,10 +135,7 @@ class Parking:
                     self._count = 0
                     return
             for held in ready:
-                if held is None:
-                    with contextlib.suppress(BlockingIOError):
-                        self._wake_r.recv(4096)
-                else:
+                if held is not None:
                     self._readable(held)
             for held in incoming:
                 held.sock.setblocking(False)
@@ -150,6 +152,11 @@ class Parking:
                     self._settle(held, timed_out=True)
             if not self._held:
                 deadlines.clear()  # entries of connections answered early
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_r.recv(4096):
+                pass
 
     def _readable(self, held: _Held) -> None:
         try:
