@@ -33,6 +33,7 @@ __all__ = [
     "Clock",
     "Discovery",
     "DiscoveryFailed",
+    "DiscoverySnapshot",
     "FakeClock",
     "Failure",
     "Lane",
@@ -62,6 +63,7 @@ _LAZY = {
     "Clock": "coordinator.clock",
     "Discovery": "coordinator.discovery",
     "DiscoveryFailed": "coordinator.discovery",
+    "DiscoverySnapshot": "coordinator.snapshot",
     "FakeClock": "coordinator.clock",
     "Failure": "coordinator.outcome",
     "Lane": "coordinator.policy",
@@ -89,7 +91,7 @@ if TYPE_CHECKING:
     from coordinator.protocol import PayloadError, PrefillInfo, bootstrap_url, validate_payload
     from coordinator.registration import Registration, RegistrationFailed
     from coordinator.server import BootstrapServer
-    from coordinator.snapshot import Snapshot
+    from coordinator.snapshot import DiscoverySnapshot, Snapshot
 
 
 def _version() -> str:

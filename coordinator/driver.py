@@ -4,7 +4,8 @@ Only the driver (``poll``, ``run`` or the background thread) fires triggers; the
 machine's callbacks do nothing, and every effect (the attempt's I/O, sleeping, the
 snapshot swap, the hooks) happens here between events. Readers only read the
 snapshot. A subclass says what one attempt is (:class:`~coordinator.Registration`:
-a PUT; :class:`~coordinator.Discovery`: a lookup round) and nothing else.
+a PUT; :class:`~coordinator.Discovery`: a lookup round) and, if it watches, what one
+round of watching is; whether the run goes on once settled is :mod:`coordinator.watch`'s rule.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from coordinator.instrumentation._log import default_logger
 from coordinator.outcome import Cause, Failure, HarnessError, Outcome, Reason, cause_of
 from coordinator.policy import NO_FAILURES, Decision, Policy, RetryPolicy
 from coordinator.snapshot import Kind, Snapshot
-from states import GUARDS, TERMINAL, TRANSITIONS, State, Trigger, Verdict
-
-Listener = Callable[[Snapshot], None]
+from coordinator.watch._settled import FINAL, Final, Invalidation, Watch
+from states import GUARDS, SETTLED, TRANSITIONS, State, Trigger, Verdict
 
 
 class _Stoppable(Protocol):
@@ -37,6 +37,7 @@ class _Stoppable(Protocol):
 
 
 T = TypeVar("T", bound=_Stoppable)
+S = TypeVar("S", bound=Snapshot)
 _sources = itertools.count(1)
 
 
@@ -109,18 +110,7 @@ class _Model:
         return bool(_MACHINE.events[name].trigger(self, **event))
 
 
-class _Watch:
-    """A watcher's two events: ``wake`` interrupts its wait (stop(), invalidate()), ``settled``
-    is set while its snapshot is terminal (what ``wait()`` waits for)."""
-
-    __slots__ = ("wake", "settled")
-
-    def __init__(self) -> None:
-        self.wake = threading.Event()
-        self.settled = threading.Event()
-
-
-class Driver(Generic[T]):
+class Driver(Generic[T, S]):
     """Drives one startup machine by ``policy``; see :class:`~coordinator.Registration`.
 
     ``run()`` blocks until REGISTERED or FAILED; ``poll()`` takes one step (an attempt
@@ -143,6 +133,7 @@ class Driver(Generic[T]):
         on_exhausted: Literal["raise", "return"],
         name: str | None,
         transport: T,
+        watch: bool = False,
     ) -> None:
         if policy is None:
             policy = RetryPolicy()
@@ -157,6 +148,8 @@ class Driver(Generic[T]):
             raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
         if name is not None:
             validate.name(name)
+        # What the run does once settled (only watchers pay for a Watch's events).
+        after: Final = Watch() if validate.flag(watch, "watch") else FINAL
         if hooks is not None:
             if logger is not None:
                 raise ValueError("logger configures the default hooks: "
@@ -183,15 +176,11 @@ class Driver(Generic[T]):
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._crash: Exception | None = None  # what broke a background run: a test's fake, or a bug
-        self._watch: _Watch | None = None  # a driver made with watch=True: see _enable_watch
-        # Why REGISTERED no longer holds, until the driver acts on it: (the seq of the REGISTERED
-        # snapshot it is about, a bounded code for metrics, a message). A cause about an earlier
-        # REGISTERED (a race with a resolution under way) is dropped, never carried to the next.
-        self._invalidation: tuple[int, str, str] | None = None
-        self._listeners: list[Listener] = []
+        self._after = after
+        self._listeners: list[Callable[[S], None]] = []
         self._lanes = NO_FAILURES  # handed from one retry decision to the next attempt's
         now = self._clock.now()
-        self._snapshot = Snapshot(
+        self._snapshot = self._first_snapshot(
             state=State.INIT, url=url, attempt=0, max_attempts=policy.max_attempts, started_at=None,
             state_since=now, next_attempt_at=None, last_status=None, last_error=None, reason=None,
             taken_at=now, seq=0, name=name, kind=self.kind, deadline_s=policy.deadline_s,
@@ -199,21 +188,25 @@ class Driver(Generic[T]):
 
     # -- what a subclass provides -----------------------------------------------
 
+    def _first_snapshot(self, **fields: Any) -> S:
+        """The INIT snapshot, of the subclass's own snapshot type, from the common fields."""
+        raise NotImplementedError
+
     def _perform(self, timeout: float) -> Outcome:
         """One attempt, bounded by ``timeout`` seconds; every failure is an Outcome."""
         raise NotImplementedError
 
-    def _watch_once(self) -> None:
-        """While REGISTERED and watching: wait for the next check, make it, and call
-        :meth:`invalidate` when what was resolved no longer holds. By default only an
-        explicit ``invalidate()`` (or ``stop()``) ends the wait."""
-        assert self._watch is not None
-        self._watch.wake.wait()
+    def _resolved(self, value: Any) -> dict[str, Any]:
+        """The snapshot's fields for what an attempt resolved (``Outcome.value``), on REGISTERED;
+        ``None`` on INVALIDATE. By default a driver resolves nothing beyond REGISTERED."""
+        return {}
 
-    def _enable_watch(self, watch: bool) -> None:
-        """For the subclass's ``watch=`` (only watchers pay for the two events)."""
-        if validate.flag(watch, "watch"):
-            self._watch = _Watch()
+    def _watch_round(self, wake: threading.Event) -> Invalidation | None:
+        """One round of watching, while REGISTERED: wait for the next check (``wake`` cuts it
+        short), make it; why what was resolved no longer holds, or None. By default there is
+        no check: only ``invalidate()`` (or ``stop()``) ends the wait."""
+        wake.wait()
+        return None
 
     def _forget(self) -> None:
         """On INVALIDATE: drop what the attempts had learnt (a subclass's caches)."""
@@ -249,24 +242,24 @@ class Driver(Generic[T]):
         """What the attempts go through (a test's ``ScriptedTransport`` records its calls)."""
         return self._transport
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> S:
         """The current frozen :class:`~coordinator.Snapshot`: from any thread, at any time,
         never torn (the driver swaps in a whole new one at each transition)."""
         return self._snapshot
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: Callable[[S], None]) -> None:
         """Call ``listener(snapshot)`` on the driver thread after every step that changed it."""
         self._listeners.append(listener)
 
     # -- driving --------------------------------------------------------------
 
-    def poll(self) -> Snapshot:
+    def poll(self) -> S:
         """Take at most one step; never waits on a backoff."""
         with self._drive:
             self._step()
             return self._snapshot
 
-    def run(self, *, watch: bool = False) -> Snapshot:
+    def run(self, *, watch: bool = False) -> S:
         """Drive to REGISTERED or FAILED; with ``on_exhausted="raise"``, FAILED raises.
 
         ``watch=True`` (a driver made with ``watch=True``): go on watching after REGISTERED
@@ -274,7 +267,7 @@ class Driver(Generic[T]):
         ``start()`` does on a thread of its own."""
         if self._thread is not None:
             raise RuntimeError(f"{self.kind} runs in the background: use wait()")
-        if watch and self._watch is None:
+        if watch and not self._after.watches:
             raise RuntimeError(f"{self.kind} was not made with watch=True")
         snapshot = self._guarded_run(keep_watching=watch)
         if self._crash is not None:
@@ -297,7 +290,7 @@ class Driver(Generic[T]):
             self._thread = thread
         return self
 
-    def wait(self, timeout: float | None = None) -> Snapshot:
+    def wait(self, timeout: float | None = None) -> S:
         """The terminal snapshot, or the current one when ``timeout`` expires first. A
         watching driver's run goes on after REGISTERED: this returns once it is there.
 
@@ -305,10 +298,7 @@ class Driver(Generic[T]):
         a script run past its end; or a bug), so the caller sees it."""
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            if self._watch is not None:
-                self._watch.settled.wait(timeout)
-            else:
-                thread.join(timeout)
+            self._after.wait(thread, timeout)
         if self._crash is not None:
             raise self._crash
         return self._snapshot
@@ -320,20 +310,18 @@ class Driver(Generic[T]):
         (what is being resolved then is newer than the caller's reason: nothing to drop, and
         nothing remembered for later). Thread-safe: the driver's own thread (or the next
         ``poll()``) fires the trigger."""
-        if self._watch is None:
+        after = self._after
+        if not isinstance(after, Watch):
             raise RuntimeError(f"{self.kind} was not made with watch=True: REGISTERED is final for it")
         validate.name(cause, "cause")
         s = self._snapshot
-        if s.state is not State.REGISTERED:
-            return
-        self._invalidation = (s.seq, "asked", cause)
-        self._watch.wake.set()
+        if s.state is State.REGISTERED:
+            after.ask(s.seq, "asked", cause)
 
-    def stop(self, timeout: float | None = None) -> Snapshot:
+    def stop(self, timeout: float | None = None) -> S:
         """Cancel: the driver ends FAILED with reason "cancelled" unless already terminal."""
         self._cancel.set()
-        if self._watch is not None:
-            self._watch.wake.set()
+        self._after.interrupt()
         self._transport.abort()
         with self._lifecycle:
             thread = self._thread
@@ -345,13 +333,13 @@ class Driver(Generic[T]):
             # No driver running: this thread may take the cancelling step itself.
             try:
                 self._step()
-                if self._watch is not None and self._snapshot.state is State.REGISTERED:
+                if self._after.goes_on(self._snapshot):
                     self._transport.close()  # a watcher kept it open
             finally:
                 self._drive.release()
         return self._snapshot
 
-    def _guarded_run(self, keep_watching: bool) -> Snapshot:
+    def _guarded_run(self, keep_watching: bool) -> S:
         try:
             return self._run_to_end(keep_watching)
         except Exception as exc:  # noqa: BLE001 - re-raised to the caller below, never swallowed
@@ -363,22 +351,20 @@ class Driver(Generic[T]):
                 self._fire(Trigger.CANCEL, self._clock.now(), {"reason": Reason.INTERNAL, "last_error": cause_of(exc)})
             return self._snapshot
 
-    def _run_to_end(self, keep_watching: bool) -> Snapshot:
-        """To a terminal state; a watcher on its own thread (``keep_watching``) goes on
-        watching after REGISTERED, until ``stop()``."""
+    def _run_to_end(self, keep_watching: bool) -> S:
+        """Until settled; with ``keep_watching`` (a run on its own thread, or ``run(watch=True)``)
+        on through the rounds of watching for as long as the rule says the run goes on."""
         while True:
             with self._drive:
                 self._step()
                 snapshot = self._snapshot
-            if snapshot.terminal:
-                if not (keep_watching and self._watch is not None and snapshot.state is State.REGISTERED):
+            if snapshot.settled:
+                if not (keep_watching and self._after.goes_on(snapshot)):
                     return snapshot
                 if self._cancel.is_set():
                     self._transport.close()  # kept open while watching
                     return snapshot
-                self._watch.wake.clear()
-                if self._invalidation is None and not self._cancel.is_set():
-                    self._watch_once()
+                self._after.round(snapshot.seq, self._cancel, self._watch_round)
                 continue
             if snapshot.state is State.BACKOFF and snapshot.next_attempt_at is not None:
                 wait = snapshot.next_attempt_at - self._clock.now()
@@ -387,13 +373,11 @@ class Driver(Generic[T]):
 
     def _step(self) -> None:
         state = self._model.state
-        if state in TERMINAL:
-            asked = self._invalidation
-            if state is State.REGISTERED and asked is not None and not self._cancel.is_set():
-                self._invalidation = None
-                seq, code, message = asked
-                if seq == self._snapshot.seq:
-                    self._reopen(code, message)
+        if state in SETTLED:
+            if state is State.REGISTERED and not self._cancel.is_set():
+                asked = self._after.take(self._snapshot.seq)
+                if asked is not None:
+                    self._reopen(*asked)
             return
         now = self._clock.now()
         if self._cancel.is_set():
@@ -413,8 +397,9 @@ class Driver(Generic[T]):
         prev = self._snapshot
         # A new resolution: its own attempt, its own budget from now, nothing of the old answer.
         self._fire(Trigger.INVALIDATE, now, {
-            "attempt": prev.attempt + 1, "started_at": now, "info": None, "reason": None, "last_status": None,
+            "attempt": prev.attempt + 1, "started_at": now, "reason": None, "last_status": None,
             "last_error": Cause("Invalidated", message), "invalidations": prev.invalidations + 1,
+            **self._resolved(None),
         }, cause=code)
 
     def _fire(self, trigger: Trigger, at: float, changes: dict[str, Any],
@@ -429,13 +414,9 @@ class Driver(Generic[T]):
         changes.setdefault("next_attempt_at", None)  # only a move to BACKOFF sets it
         self._snapshot = snapshot = replace(prev, state=after, state_since=at, taken_at=at, seq=prev.seq + 1,
                                             **changes)
-        if snapshot.terminal and not (self._watch is not None and after is State.REGISTERED):
+        if snapshot.settled and not self._after.goes_on(snapshot):
             self._transport.close()
-        if self._watch is not None:
-            if snapshot.terminal:
-                self._watch.settled.set()
-            else:
-                self._watch.settled.clear()
+        self._after.moved(snapshot)
         if self._hooks:  # no records for nobody (a simulated fleet has no hooks)
             if attempt is not None:
                 outcome, decision, began = attempt
@@ -498,5 +479,5 @@ class Driver(Generic[T]):
         else:
             changes["reason"] = decision.reason
             if decision.verdict is Verdict.REGISTERED:
-                changes["info"] = outcome.value
+                changes.update(self._resolved(outcome.value))
         self._fire(Trigger.ATTEMPT_DONE, after, changes, (outcome, decision, now), verdict=decision.verdict)

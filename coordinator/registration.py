@@ -14,7 +14,7 @@ from coordinator.instrumentation import Hook
 from coordinator.outcome import Outcome
 from coordinator.policy import Policy
 from coordinator.protocol import encode_payload, validate_payload
-from coordinator.snapshot import Kind
+from coordinator.snapshot import Kind, Snapshot
 from coordinator.transport import HttpTransport, Transport
 
 
@@ -22,7 +22,7 @@ class RegistrationFailed(StartupFailed):
     """Raised by ``Registration.run()`` (with ``on_exhausted="raise"``) when it ends FAILED."""
 
 
-class Registration(Driver[Transport]):
+class Registration(Driver[Transport, Snapshot]):
     """Register one prefill rank with the bootstrap server, retrying by ``policy``.
 
     ``run()`` blocks until REGISTERED or FAILED; ``poll()`` takes one step (an attempt
@@ -72,16 +72,19 @@ class Registration(Driver[Transport]):
         if transport is not None and (session is not None or token is not None):
             raise ValueError("transport excludes session and token: configure the transport itself")
         token = None if token is None else validate.token(token)
+        # Watching, a rank only re-registers when asked (invalidate()): no round checks anything,
+        # for its own bootstrap server restarting is for its owner to notice; checking it from
+        # every rank would multiply the load.
         super().__init__(url, policy=policy, clock=clock, rng=rng, logger=logger, hooks=hooks,
                          on_exhausted=on_exhausted, name=name,
-                         transport=transport or HttpTransport(session, token=token))
-        # A rank re-registers only when asked (invalidate()): its own bootstrap server restarting
-        # is for its owner to notice; watching it from every rank would multiply the load.
-        self._enable_watch(watch)
+                         transport=transport or HttpTransport(session, token=token), watch=watch)
 
     def start(self) -> Registration:
         super().start()
         return self
+
+    def _first_snapshot(self, **fields: Any) -> Snapshot:
+        return Snapshot(**fields)
 
     def _perform(self, timeout: float) -> Outcome:
         return self._transport.attempt(self._url, self._body, timeout)

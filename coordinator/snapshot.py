@@ -7,7 +7,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from coordinator.outcome import Cause, Reason
-from states import TERMINAL, State
+from states import SETTLED, State
 
 if TYPE_CHECKING:
     from coordinator.protocol import PrefillInfo
@@ -51,12 +51,11 @@ class Snapshot:
     name: str | None = None  # the driver's name= (a rank, a prefill address); probes show it
     kind: Kind = Kind.REGISTRATION
     deadline_s: float | None = None  # the policy's budget from the first attempt
-    info: PrefillInfo | None = None  # a discovery's result, once REGISTERED
     invalidations: int = 0  # times a watching driver left REGISTERED to resolve again
 
     @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL
+    def settled(self) -> bool:
+        return self.state in SETTLED
 
     @property
     def elapsed_s(self) -> float:
@@ -86,23 +85,6 @@ class Snapshot:
             parts.append(f"next attempt in {wait:.2f} s")
         return ", ".join(parts)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Snapshot:
-        """The snapshot :meth:`to_dict` wrote (another process's, read back); ``info`` stays
-        None: a reader that needs the topology reads ``data["info"]``."""
-        err = data.get("last_error")
-        reason = data.get("reason")
-        return cls(
-            state=State(data["state"]), url=str(data["url"]), attempt=int(data["attempt"]),
-            max_attempts=data.get("max_attempts"), started_at=data.get("started_at"),
-            state_since=float(data["state_since"]), next_attempt_at=data.get("next_attempt_at"),
-            last_status=data.get("last_status"),
-            last_error=None if err is None else Cause(str(err["type"]), str(err["message"])),
-            reason=None if reason is None else Reason(reason), taken_at=float(data["taken_at"]),
-            seq=int(data["seq"]), name=data.get("name"), kind=Kind(data.get("kind", Kind.REGISTRATION.value)),
-            deadline_s=data.get("deadline_s"), invalidations=int(data.get("invalidations", 0)),
-        )
-
     def report(self, now: float) -> dict[str, Any]:
         """:meth:`to_dict` for people (probes' ``/status``, the CLI): the driver's clock is
         monotonic, meaningless to a reader, so its instants become seconds relative to ``now``."""
@@ -115,14 +97,25 @@ class Snapshot:
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         """JSON-ready. With ``now`` (same clock), the wait until the next attempt too."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "info"}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["state"] = self.state.value
         out["kind"] = self.kind.value
         out["reason"] = None if self.reason is None else self.reason.value
         out["last_error"] = None if self.last_error is None else asdict(self.last_error)
-        if self.kind is Kind.DISCOVERY:
-            out["info"] = None if self.info is None else self.info.to_dict()
         out["elapsed_s"] = self.elapsed_s
         if now is not None:
             out["seconds_to_next_attempt"] = self.seconds_to_next_attempt(now)
+        return out
+
+
+@dataclass(frozen=True)
+class DiscoverySnapshot(Snapshot):
+    """A :class:`~coordinator.Discovery`'s snapshot: also what it resolved."""
+
+    kind: Kind = Kind.DISCOVERY
+    info: PrefillInfo | None = None  # the prefill instance's topology and target addresses, once REGISTERED
+
+    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+        out = super().to_dict(now)
+        out["info"] = None if self.info is None else self.info.to_dict()
         return out

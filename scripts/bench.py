@@ -91,7 +91,7 @@ def bench_construction(live: int, refusals: int = 9) -> dict[str, Any]:
     transitions = 0
     began = time.perf_counter()
     for reg, clock in zip(extra, clocks):
-        while not (snap := reg.poll()).terminal:
+        while not (snap := reg.poll()).settled:
             if snap.state is State.BACKOFF and snap.next_attempt_at is not None:
                 clock.set(snap.next_attempt_at)
         transitions += snap.seq  # one published snapshot per transition

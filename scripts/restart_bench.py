@@ -33,11 +33,11 @@ from dataclasses import replace
 from typing import Any
 
 from coordinator import BootstrapServer
-from coordinator.discovery import DEFAULT_WATCH_INTERVAL_S, LONG_POLL_S
 from coordinator.protocol import LONG_POLL_HEADER, ROUTE_PATH, TOPOLOGY_KEY, WAIT_PARAM, route_query
 from coordinator.sim import RestartResult, RestartScenario, compare_restart, describe_restart
 from coordinator.sim._restart_model import POLLING
 from coordinator.testing import example_payload
+from coordinator.watch import DEFAULT_WATCH_INTERVAL_S, LONG_POLL_S
 
 DOWN_S = (0.5, 3.0, 20.0)
 NOT_KEPT = f"{POLLING}, no kept connection"

@@ -6,7 +6,7 @@ Nothing here does I/O, reads a clock or logs; ``coordinator`` builds a
 
 from states._table import (
     GUARDS,
-    TERMINAL,
+    SETTLED,
     TRANSITIONS,
     State,
     Transition,
@@ -14,4 +14,4 @@ from states._table import (
     Verdict,
 )
 
-__all__ = ["GUARDS", "TERMINAL", "TRANSITIONS", "State", "Transition", "Trigger", "Verdict"]
+__all__ = ["GUARDS", "SETTLED", "TRANSITIONS", "State", "Transition", "Trigger", "Verdict"]

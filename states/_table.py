@@ -39,10 +39,10 @@ class Transition:
     guard: str | None = None
 
 
-# Where startup ends. FAILED is final; REGISTERED is final for a driver that does not
-# watch, while a watching one (a Discovery with watch=True, a Registration asked to
-# register again) leaves it on INVALIDATE and resolves again through the normal lanes.
-TERMINAL: frozenset[State] = frozenset({State.REGISTERED, State.FAILED})
+# Where a run settles: wait() returns, probes and hooks report the result. FAILED is final.
+# REGISTERED is final too unless the driver watches (coordinator.watch): then it may leave
+# it on INVALIDATE, the one transition out of a settled state, and resolve again.
+SETTLED: frozenset[State] = frozenset({State.REGISTERED, State.FAILED})
 
 # Guards are pure predicates over the keyword arguments the driver passes with
 # the trigger: ``verdict`` for ATTEMPT_DONE, ``now`` and ``due_at`` for TIMER.

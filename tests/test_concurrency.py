@@ -25,7 +25,7 @@ from coordinator import Backoff, FakeClock, Registration, RetryPolicy, Snapshot,
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.testing import FaultServer, ScriptedTransport, example_payload
 from coordinator.testing.faultserver import Action, Conn, Request, respond
-from states import TERMINAL, TRANSITIONS, State
+from states import SETTLED, TRANSITIONS, State
 
 ALLOWED = frozenset((t.source, t.dest) for t in TRANSITIONS)
 REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "[Errno 111] Connection refused"))
@@ -39,7 +39,7 @@ def check_consistent(s: Snapshot) -> None:
     """Fields of one snapshot agree with each other (a torn snapshot would not)."""
     assert isinstance(s.state, State)
     assert (s.state is State.BACKOFF) == (s.next_attempt_at is not None), s
-    assert (s.state in TERMINAL) == (s.reason is not None), s
+    assert (s.state in SETTLED) == (s.reason is not None), s
     assert s.taken_at >= s.state_since, s
     assert s.elapsed_s >= 0, s
     if s.state is State.INIT:
@@ -89,7 +89,7 @@ def test_snapshots_are_never_torn_while_the_driver_makes_100k_transitions() -> N
                         assert s.seq > last.seq or s == last, (last, s)
                         if s.seq == last.seq + 1:
                             assert (last.state, s.state) in ALLOWED, (last, s)
-                        if last.state in TERMINAL:
+                        if last.state in SETTLED:
                             assert s == last, (last, s)  # terminal states are absorbing
                     changes += 1
                     last = s
@@ -299,7 +299,7 @@ def test_stop_racing_a_polling_thread_ends_cancelled_once() -> None:
 
     def poller() -> None:
         try:
-            while not reg.snapshot().terminal:
+            while not reg.snapshot().settled:
                 s = reg.poll()
                 started.set()
                 if s.next_attempt_at is not None:

@@ -176,7 +176,7 @@ def test_a_retired_driver_leaves_the_board(receiver: Receiver) -> None:
     env = {**os.environ, CHANNEL_VAR: receiver.name}
     proc = child("rank0", env, then="retire")
     try:
-        until(lambda: len(receiver.board.members()) == 1 and receiver.board.members()[0].snapshot().terminal,
+        until(lambda: len(receiver.board.members()) == 1 and receiver.board.members()[0].snapshot().settled,
               "registered")
         # The second attach() numbered the driver anew and retired that number: the first stays.
         assert receiver.board.members()[0].snapshot().name == "rank0"

@@ -25,7 +25,7 @@ from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.policy import Decision
 from coordinator.sim.upstream import sglang_pr25125
 from coordinator.testing import Call, ScriptedTransport, example_payload
-from states import TERMINAL, TRANSITIONS, State, Verdict
+from states import SETTLED, TRANSITIONS, State, Verdict
 
 URL = "http://127.0.0.1:8998/route"
 ALLOWED: frozenset[tuple[State, State]] = frozenset((t.source, t.dest) for t in TRANSITIONS)
@@ -223,7 +223,7 @@ class RegistrationMachine(RuleBasedStateMachine):
         assert after is self.reg.snapshot()
         self._check_change(before, after)
 
-        if before.terminal:
+        if before.settled:
             assert after is before and not attempted
         elif before.state is State.INIT:
             assert (after.state, after.attempt, after.started_at) == (State.REGISTERING, 1, t0)  # attempt 1 in flight
@@ -301,7 +301,7 @@ class RegistrationMachine(RuleBasedStateMachine):
     def stop(self, go: int) -> None:
         assert self.reg is not None
         # Rules are drawn uniformly: cancel in one draw out of six, or runs would end in INIT.
-        if go and not self.reg.snapshot().terminal:
+        if go and not self.reg.snapshot().settled:
             return
         # No background thread: stop() takes the cancelling step itself.
         before = self.reg.snapshot()
@@ -309,7 +309,7 @@ class RegistrationMachine(RuleBasedStateMachine):
         after = self.reg.stop()
         assert len(self.transport.calls) == calls
         self._check_change(before, after)
-        if before.terminal:
+        if before.settled:
             assert after is before
         else:
             assert (after.state, after.reason, after.attempt) == (State.FAILED, "cancelled", before.attempt)
@@ -324,7 +324,7 @@ class RegistrationMachine(RuleBasedStateMachine):
         s = self.reg.snapshot()
         assert s.state is self.reg.state
         assert (s.state is State.BACKOFF) == (s.next_attempt_at is not None)
-        assert (s.reason is not None) == (s.state in TERMINAL) == s.terminal
+        assert (s.reason is not None) == (s.state in SETTLED) == s.settled
         assert (s.state is State.REGISTERED) == (s.last_status == 200)
         assert (s.reason == "registered") == (s.state is State.REGISTERED)
         assert s.max_attempts == self.policy.max_attempts
@@ -336,7 +336,7 @@ class RegistrationMachine(RuleBasedStateMachine):
             assert s.next_attempt_at is not None and s.next_attempt_at >= s.taken_at
             assert s.attempt >= 1
         # The transport is closed exactly once, when a terminal state is reached.
-        assert self.transport.closes == (1 if s.terminal else 0)
+        assert self.transport.closes == (1 if s.settled else 0)
 
     @invariant()
     def attempts_within_max(self) -> None:
@@ -370,12 +370,12 @@ class RegistrationMachine(RuleBasedStateMachine):
         states = [State.INIT] + [s.state for s in self.published]
         assert all(pair in ALLOWED for pair in zip(states, states[1:]))
         # Terminal states are absorbing: nothing is published after one, the snapshot stays put.
-        terminal_at = [i for i, s in enumerate(self.published) if s.terminal]
+        terminal_at = [i for i, s in enumerate(self.published) if s.settled]
         assert terminal_at in ([], [len(self.published) - 1])
         s = self.reg.snapshot()
         if self.seen_terminal is not None:
             assert s is self.seen_terminal
-        elif s.terminal:
+        elif s.settled:
             self.seen_terminal = s
         self.last = s
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator import Discovery, FakeClock, RetryPolicy, Snapshot
+from coordinator import Discovery, DiscoverySnapshot, FakeClock, RetryPolicy
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.protocol import GENERATION_HEADER
 from states import State
@@ -82,7 +82,7 @@ def test_restarts_never_tear_a_snapshot_nor_leave_stale_info(plan: list[str], gr
                   grace_s=grace, watch_interval_s=interval, on_exhausted="return",
                   policy=RetryPolicy(deadline_s=None))
     server.driver = d
-    seen: list[Snapshot] = []
+    seen: list[DiscoverySnapshot] = []
     d.add_listener(seen.append)
     d.run(watch=True)
 

@@ -4,7 +4,6 @@ topology long-polls (``&wait=S[&seen=G]``) held by one parking thread, over real
 from __future__ import annotations
 
 import http.client
-import inspect
 import json
 import logging
 import re
@@ -17,7 +16,6 @@ from collections.abc import Callable
 import pytest
 
 from coordinator import BootstrapServer, Discovery
-from coordinator import discovery as discovery_module
 from coordinator.outcome import Outcome
 from coordinator.protocol import GENERATION_HEADER, LONG_POLL_HEADER
 from coordinator.server import _http as bootstrap_http
@@ -304,17 +302,16 @@ def test_a_close_signalled_while_the_parking_thread_drains_its_wake_ups_is_not_l
     parking = Parking("test-parking", 8)
     real = parking._wake_r
     closer = threading.Thread(target=parking.close, daemon=True)
+    signalled = threading.Event()
 
     class Interleaved:
-        first = True
-
         def recv(self, size: int) -> bytes:
-            if Interleaved.first:
-                Interleaved.first = False
+            if not signalled.is_set():
                 closer.start()
                 until(lambda: parking._closing)
                 with parking._lock:  # close() signals under it: its byte is sent now
                     pass
+                signalled.set()
             return real.recv(size)
 
         def __getattr__(self, name: str) -> object:
@@ -322,7 +319,7 @@ def test_a_close_signalled_while_the_parking_thread_drains_its_wake_ups_is_not_l
 
     setattr(parking, "_wake_r", Interleaved())  # setattr: a stand-in of another type
     parking.wake()
-    until(lambda: not Interleaved.first)
+    assert signalled.wait(WAIT_S)
     closer.join(timeout=WAIT_S)
     assert not closer.is_alive(), "close() waited past the wake-up it signalled"
 
@@ -340,8 +337,6 @@ class _Counting(HttpTransport):
         return super().get(url, timeout)
 
 
-@pytest.mark.skipif("SEEN_PARAM" not in inspect.getsource(discovery_module),
-                    reason="coordinator.Discovery does not send seen= yet: no long-polling watcher to test")
 def test_a_long_polling_watcher_makes_few_requests_and_sees_a_restart_at_once() -> None:
     first = BootstrapServer().start()
     port, target = first.port, (0, 0, 0, 0)

@@ -13,7 +13,6 @@ import pytest
 
 from coordinator.cli import simulate as cli_sim
 from coordinator.clock import FakeClock
-from coordinator.discovery import CLOSE_CHECK_S
 from coordinator.outcome import Failure, Outcome
 from coordinator.protocol import GENERATION_HEADER, LONG_POLL_HEADER, TOPOLOGY_KEY, route_query
 from coordinator.sim import RestartScenario, compare_restart, format_restart_table
@@ -27,6 +26,7 @@ from coordinator.sim._restart_model import (
     draw_restart_trials,
 )
 from coordinator.sim._restart_run import run_restart_trial
+from coordinator.watch import CLOSE_CHECK_S
 
 LATENCY = 0.001
 TOPOLOGY_URL = f"http://bootstrap.sim:8998/route?{route_query(TOPOLOGY_KEY)}"

@@ -11,7 +11,7 @@ from transitions import MachineError
 
 from coordinator.cli import diagram
 from coordinator.driver import build_machine
-from states import GUARDS, TERMINAL, TRANSITIONS, State, Transition, Trigger, Verdict
+from states import GUARDS, SETTLED, TRANSITIONS, State, Transition, Trigger, Verdict
 
 
 def test_states_are_exactly_the_five() -> None:
@@ -31,7 +31,7 @@ def test_every_state_reachable_from_init() -> None:
 
 
 def test_failed_has_no_way_out_and_registered_only_invalidate() -> None:
-    assert TERMINAL == {State.REGISTERED, State.FAILED}
+    assert SETTLED == {State.REGISTERED, State.FAILED}
     assert not [t for t in TRANSITIONS if t.source is State.FAILED]
     # A watching driver goes back to resolving when what it resolved no longer holds.
     out_of_registered = [(t.trigger, t.dest, t.guard) for t in TRANSITIONS if t.source is State.REGISTERED]
@@ -40,7 +40,7 @@ def test_failed_has_no_way_out_and_registered_only_invalidate() -> None:
 
 def test_non_terminal_states_can_be_cancelled() -> None:
     cancellable = {t.source for t in TRANSITIONS if t.trigger is Trigger.CANCEL}
-    assert cancellable == set(State) - TERMINAL
+    assert cancellable == set(State) - SETTLED
 
 
 def test_every_guard_name_resolves_and_every_guard_is_used() -> None:

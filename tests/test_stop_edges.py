@@ -90,7 +90,7 @@ def test_an_assertion_in_a_background_run_ends_it_failed_and_reaches_wait() -> N
     done = threading.Event()
 
     def on_change(s: Snapshot) -> None:
-        if s.terminal:
+        if s.settled:
             done.set()
 
     reg.add_listener(on_change)

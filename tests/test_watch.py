@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from coordinator import Discovery, FakeClock, RetryPolicy, Snapshot
+from coordinator import Discovery, DiscoverySnapshot, FakeClock, RetryPolicy
 from coordinator.protocol import GENERATION_HEADER
 from coordinator.testing import ScriptedTransport
 from coordinator.testing._scripted import Call, Step
@@ -36,7 +36,7 @@ class Watched:
     def __init__(self, script: list[Step], **kwargs: Any) -> None:
         self.parked = threading.Event()
         self.release = threading.Event()
-        self.seen: list[Snapshot] = []
+        self.seen: list[DiscoverySnapshot] = []
         self.clock = FakeClock()
 
         def park(call: Call) -> str:
@@ -49,7 +49,7 @@ class Watched:
                            on_exhausted="return", policy=RetryPolicy(deadline_s=600.0), **kwargs)
         self.d.add_listener(self.seen.append)
 
-    def run_script(self) -> list[Snapshot]:
+    def run_script(self) -> list[DiscoverySnapshot]:
         self.d.start()
         assert self.parked.wait(10), "the script was not consumed"
         return self.seen
@@ -74,7 +74,7 @@ def make(watched: list[Watched], script: list[Step], **kwargs: Any) -> Watched:
     return w
 
 
-def states(seen: list[Snapshot]) -> list[str]:
+def states(seen: list[DiscoverySnapshot]) -> list[str]:
     return [s.state.value for s in seen]
 
 

@@ -17,8 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from coordinator import Discovery, FakeClock, Registration, RetryPolicy, Snapshot
-from coordinator.discovery import CLOSE_CHECK_S, GONE_CHECK_S, MAX_LEARNED_TARGETS, RANKS_PER_CHECK, REFUSED_GRACE_S
+from coordinator import Discovery, DiscoverySnapshot, FakeClock, Registration, RetryPolicy
 from coordinator.instrumentation import LogHook
 from coordinator.outcome import Cause, Failure, Outcome, Reason
 from coordinator.protocol import GENERATION_HEADER, LONG_POLL_HEADER, QUERY_FIELDS, TOPOLOGY_KEY, RankKey
@@ -28,6 +27,7 @@ from coordinator.sim._restart_run import run_restart_trial
 from coordinator.testing import ScriptedTransport, example_payload
 from coordinator.testing.faultserver import FaultServer, respond
 from coordinator.transport import HttpTransport
+from coordinator.watch import CLOSE_CHECK_S, GONE_CHECK_S, MAX_LEARNED_TARGETS, RANKS_PER_CHECK, REFUSED_GRACE_S
 from states import State
 
 _REFUSED = Outcome.of_failure(Failure.REFUSED, Cause("ConnectionRefusedError", "[Errno 111] Connection refused"))
@@ -96,18 +96,18 @@ class ClosingServer(Server):
         return died or (self.idle_close_s is not None and now >= kept + self.idle_close_s)
 
 
-def watch(server: Server, *, seed: int = 0, **kwargs: Any) -> list[Snapshot]:
+def watch(server: Server, *, seed: int = 0, **kwargs: Any) -> list[DiscoverySnapshot]:
     """Run a watching Discovery against ``server`` until its horizon; every snapshot it made."""
     d = Discovery("10.0.0.5:8998", transport=server, clock=server.clock, rng=random.Random(seed), watch=True,
                   on_exhausted="return", policy=RetryPolicy(deadline_s=600.0), **{"hooks": (), **kwargs})
     server.driver = d
-    seen: list[Snapshot] = []
+    seen: list[DiscoverySnapshot] = []
     d.add_listener(seen.append)
     d.run(watch=True)
     return seen
 
 
-def invalidated(seen: list[Snapshot]) -> list[Snapshot]:
+def invalidated(seen: list[DiscoverySnapshot]) -> list[DiscoverySnapshot]:
     return [s for before, s in zip(seen, seen[1:]) if s.invalidations > before.invalidations]
 
 
@@ -115,7 +115,7 @@ def topology(generation: str) -> tuple[int, dict[str, str], str]:
     return 200, {GENERATION_HEADER: generation}, topology_body()
 
 
-def scripted_watch(script: list[Any], **kwargs: Any) -> tuple[list[Snapshot], ScriptedTransport]:
+def scripted_watch(script: list[Any], **kwargs: Any) -> tuple[list[DiscoverySnapshot], ScriptedTransport]:
     """A watching Discovery through ``script``; stopped at its end."""
     clock = FakeClock()
     holder: list[Discovery] = []
@@ -128,13 +128,13 @@ def scripted_watch(script: list[Any], **kwargs: Any) -> tuple[list[Snapshot], Sc
     d = Discovery("10.0.0.5:8998", transport=transport, clock=clock, rng=random.Random(0), watch=True, hooks=(),
                   on_exhausted="return", policy=RetryPolicy(deadline_s=600.0), **kwargs)
     holder.append(d)
-    seen: list[Snapshot] = []
+    seen: list[DiscoverySnapshot] = []
     d.add_listener(seen.append)
     d.run(watch=True)
     return seen, transport
 
 
-def states(seen: list[Snapshot]) -> list[str]:
+def states(seen: list[DiscoverySnapshot]) -> list[str]:
     return [s.state.value for s in seen]
 
 
@@ -287,7 +287,7 @@ def test_invalidate_before_registered_is_a_no_op_and_is_not_remembered() -> None
     d = Discovery("10.0.0.5:8998", transport=transport, clock=FakeClock(), hooks=(), watch=True)
     asked_in: list[State] = []
 
-    def ask(s: Snapshot) -> None:
+    def ask(s: DiscoverySnapshot) -> None:
         if s.state in (State.REGISTERING, State.BACKOFF):  # from the driver thread, mid-resolution
             asked_in.append(s.state)
             d.invalidate("asked while resolving")

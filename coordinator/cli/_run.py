@@ -11,7 +11,7 @@ import logging
 import signal
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from coordinator import health
 from coordinator.cli._options import UsageError
@@ -26,13 +26,14 @@ POLL_S = 0.05  # how soon a signal is acted on
 STOP_TIMEOUT_S = 5.0
 
 _log = StdlibLogger(logging.getLogger("coordinator.cli"))
+S = TypeVar("S", bound=Snapshot)
 
 
 @dataclass(frozen=True)
-class Run:
+class Run(Generic[S]):
     """How a foreground run ended: its final snapshot, and the signal that cancelled it."""
 
-    snapshot: Snapshot
+    snapshot: S
     signal: signal.Signals | None
 
     @property
@@ -55,7 +56,7 @@ class _Handler:
             self.received = signal.Signals(signum)
 
 
-def drive(args: argparse.Namespace, driver: Driver[Any]) -> Run:
+def drive(args: argparse.Namespace, driver: Driver[Any, S]) -> Run[S]:
     """Run ``driver`` to its end, its probes served meanwhile; SIGTERM or SIGINT cancels it."""
     probes = serve_probes(args, driver)
     try:
@@ -65,7 +66,7 @@ def drive(args: argparse.Namespace, driver: Driver[Any]) -> Run:
             # On a thread of its own: the main thread, where signal handlers run, only waits.
             driver.start()
             snapshot = driver.wait(POLL_S)
-            while not snapshot.terminal and handler.received is None:
+            while not snapshot.settled and handler.received is None:
                 snapshot = driver.wait(POLL_S)
         finally:
             # From here a signal has its usual effect again: none is recorded and then missed.
@@ -80,7 +81,7 @@ def drive(args: argparse.Namespace, driver: Driver[Any]) -> Run:
             probes.close()
 
 
-def serve_probes(args: argparse.Namespace, driver: Driver[Any]) -> health.HealthServer | None:
+def serve_probes(args: argparse.Namespace, driver: Driver[Any, Any]) -> health.HealthServer | None:
     if args.health_port is None:
         return None
     try:

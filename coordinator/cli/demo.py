@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{now - t0:6.2f}s  bootstrap server listening on {server.url}", flush=True)
             snaps = [r.snapshot() for r in registrations]
             print(_progress(now - t0, snaps, now), flush=True)
-            if all(s.terminal for s in snaps) and decode.snapshot().terminal:
+            if all(s.settled for s in snaps) and decode.snapshot().settled:
                 break
             clock.sleep(0.25)
         return _demo_summary(registrations, decode, probes, t0, listen_at)

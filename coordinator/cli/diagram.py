@@ -11,7 +11,7 @@ from typing import Any
 import coordinator
 from coordinator.cli._options import UsageError
 from coordinator.cli._run import EXIT_FAILED, EXIT_OK
-from states import TERMINAL, TRANSITIONS, State
+from states import SETTLED, TRANSITIONS, State
 
 DEFAULT_PATH = Path("diagrams") / "state_machine.md"  # within the repository
 _PROJECT_NAME = re.compile(r'^name\s*=\s*"prefill-startup"\s*$', re.MULTILINE)
@@ -31,7 +31,7 @@ def render_mermaid() -> str:
     for t in TRANSITIONS:
         label = t.trigger.value + (f" [{t.guard}]" if t.guard else "")
         lines.append(f"    {t.source.value} --> {t.dest.value}: {label}")
-    lines += [f"    {s.value} --> [*]" for s in State if s in TERMINAL]
+    lines += [f"    {s.value} --> [*]" for s in State if s in SETTLED]
     lines += ["```", ""]
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ JSON, TEXT = "application/json", "text/plain; charset=utf-8"
 MAX_EXCLUDES, MAX_EXCLUDE_CHARS = 64, 256
 
 
-def as_list(drivers: Any) -> list[Driver[Any]]:
+def as_list(drivers: Any) -> list[Driver[Any, Any]]:
     out = list(drivers) if isinstance(drivers, Sequence) else [drivers]
     if not out:
         raise ValueError("registration: at least one is needed")

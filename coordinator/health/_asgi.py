@@ -19,7 +19,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def asgi(registration: Driver[Any] | Sequence[Driver[Any]] | Callable[[], Sequence[Probed]], *,
+def asgi(registration: Driver[Any, Any] | Sequence[Driver[Any, Any]] | Callable[[], Sequence[Probed]], *,
          registry: Any = None, expected: ExpectedSource | None = None) -> ASGIApp:
     """``app.mount("/startup", health.asgi(reg))``: /livez /readyz /startupz /status /metrics.
 

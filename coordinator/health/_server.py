@@ -42,7 +42,7 @@ class _Handler(Handler):
         pass  # probes hit every few seconds; an access line each would drown the real events
 
 
-def serve(registration: Driver[Any] | Sequence[Driver[Any]] | Callable[[], Sequence[Probed]],
+def serve(registration: Driver[Any, Any] | Sequence[Driver[Any, Any]] | Callable[[], Sequence[Probed]],
           host: str = "127.0.0.1", port: int = 0, *, registry: Any = None,
           expected: ExpectedSource | None = None) -> Running:
     """Serve the probes (and ``/metrics`` from ``registry``) for one driver or all of a

@@ -18,7 +18,7 @@ from coordinator.instrumentation._records import AttemptRecord, Record, Transiti
 from coordinator.outcome import Reason
 from coordinator.policy import Lane
 from coordinator.snapshot import Snapshot
-from states import TERMINAL, State, Trigger, Verdict
+from states import SETTLED, State, Trigger, Verdict
 
 LOGGER_NAME = "coordinator"
 
@@ -177,7 +177,7 @@ class LogHook:
             self._attempt(d, record)
         else:
             self._transition(d, record)
-            if record.to_state in TERMINAL:
+            if record.to_state in SETTLED:
                 del self._drivers[record.source]
 
     def _attempt(self, d: _Driver, r: AttemptRecord) -> None:

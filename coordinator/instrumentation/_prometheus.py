@@ -21,7 +21,7 @@ from coordinator import validate
 from coordinator.instrumentation._log import default_logger
 from coordinator.instrumentation._records import AttemptRecord, Record
 from coordinator.snapshot import Snapshot
-from states import TERMINAL, State
+from states import SETTLED, State
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -124,5 +124,5 @@ class PrometheusHook:
         state.labels(name, kind, record.to_state.value).inc()
         if record.cause is not None:
             self._f.invalidations.labels(name, kind, record.cause).inc()
-        if record.to_state in TERMINAL:
+        if record.to_state in SETTLED:
             self._f.seconds.labels(name, kind, s.reason.value if s.reason else "unknown").observe(s.elapsed_s)

@@ -15,7 +15,7 @@ import socket
 
 from coordinator.instrumentation._records import Record, TransitionRecord
 from coordinator.instrumentation._text import one_line
-from states import TERMINAL, State
+from states import SETTLED, State
 
 _log = logging.getLogger("coordinator")
 # Beyond the time left until the deadline: the last attempt, and the process's own wind-down.
@@ -57,7 +57,7 @@ class SystemdNotifier:
         lines = [f"STATUS={one_line((s.name + ': ' if s.name else '') + s.describe(s.taken_at))}"]
         if s.state is State.REGISTERED:
             lines.append("READY=1")
-        elif s.state not in TERMINAL:
+        elif s.state not in SETTLED:
             if s.deadline_s is None:
                 extension = NO_DEADLINE_EXTENSION_S
             else:
@@ -65,7 +65,7 @@ class SystemdNotifier:
                 extension = max(0.0, left) + MARGIN_S
             lines.append(f"EXTEND_TIMEOUT_USEC={int(extension * 1e6)}")
         self.notify("\n".join(lines))
-        if record.to_state in TERMINAL:
+        if record.to_state in SETTLED:
             self.close()
 
     def notify(self, message: str) -> None:

@@ -1,7 +1,7 @@
 """The event loop: real drivers on FakeClocks, stepped in simulated-time order.
 
 The loop keeps a heap of ``(time, rank)``: it sets the earliest rank's clock to that
-time and polls it until it is terminal or waits in BACKOFF, then pushes its
+time and polls it until it is settled or waits in BACKOFF, then pushes its
 ``next_attempt_at``. All clocks read the same simulated time, so upstream's jitter,
 which reads the clock, is as correlated across ranks as on a host whose processes
 share one monotonic clock.
@@ -19,11 +19,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 from coordinator.clock import FakeClock, seeded_rng
 from coordinator.discovery import Discovery
-from coordinator.driver import Driver
 from coordinator.policy import Policy
 from coordinator.protocol import example_payload
 from coordinator.registration import Registration
@@ -47,11 +46,19 @@ R = TypeVar("R")
 Final = tuple[str, "str | None", float]
 
 
-def _settle(driver: Driver[Any], clock: FakeClock) -> Snapshot:
-    """Poll until terminal or waiting in BACKOFF for a later time."""
+class _Stepped(Protocol):
+    """What the loop needs of a driver: a Registration or a Discovery."""
+
+    def poll(self) -> Snapshot: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+
+def _settle(driver: _Stepped, clock: FakeClock) -> Snapshot:
+    """Poll until settled or waiting in BACKOFF for a later time."""
     while True:
         snap = driver.poll()
-        if snap.terminal:
+        if snap.settled:
             return snap
         if snap.state is State.BACKOFF:
             assert snap.next_attempt_at is not None
@@ -59,8 +66,8 @@ def _settle(driver: Driver[Any], clock: FakeClock) -> Snapshot:
                 return snap
 
 
-def run_drivers(drivers: Sequence[Driver[Any]], clocks: Sequence[FakeClock], starts: Sequence[float]) -> list[Final]:
-    """Step every driver in simulated-time order until each is terminal."""
+def run_drivers(drivers: Sequence[_Stepped], clocks: Sequence[FakeClock], starts: Sequence[float]) -> list[Final]:
+    """Step every driver in simulated-time order until each is settled."""
     # Ties go to the lower rank: the order, hence the figures, depend on the seed alone.
     heap = [(start, i) for i, start in enumerate(starts)]
     heapq.heapify(heap)
@@ -68,7 +75,7 @@ def run_drivers(drivers: Sequence[Driver[Any]], clocks: Sequence[FakeClock], sta
         t, i = heapq.heappop(heap)
         clocks[i].set(t)
         snap = _settle(drivers[i], clocks[i])
-        if not snap.terminal:
+        if not snap.settled:
             assert snap.next_attempt_at is not None
             heapq.heappush(heap, (snap.next_attempt_at, i))
     return [(d.snapshot().state.value, d.snapshot().reason, d.snapshot().taken_at) for d in drivers]

@@ -34,7 +34,6 @@ from urllib.parse import parse_qs, urlsplit
 
 from coordinator import validate
 from coordinator.clock import FakeClock, seeded_rng
-from coordinator.discovery import DEFAULT_GRACE_S, DEFAULT_WATCH_INTERVAL_S, LONG_POLL_S
 from coordinator.outcome import Cause, Failure, Outcome
 from coordinator.protocol import (
     GENERATION_HEADER,
@@ -46,6 +45,7 @@ from coordinator.protocol import (
     route_query,
 )
 from coordinator.sim._model import _REFUSED, MAX_LATENCY_S, MAX_SPAN_S, MAX_TRIALS
+from coordinator.watch import DEFAULT_GRACE_S, DEFAULT_WATCH_INTERVAL_S, LONG_POLL_S
 
 
 class RestartModel(str, Enum):

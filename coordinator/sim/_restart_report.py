@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.discovery import REFUSED_GRACE_S
 from coordinator.sim._report import _quantile, _table
 from coordinator.sim._restart_model import (
     HEARTBEAT_FAILURES,
@@ -21,6 +20,7 @@ from coordinator.sim._restart_model import (
     RestartTrial,
 )
 from coordinator.sim._restart_run import TrialOutcome
+from coordinator.watch import REFUSED_GRACE_S
 
 WATCHERS = 1000
 # The targets of issue 17: lag after the new instance is complete, p99.

@@ -21,7 +21,7 @@ from coordinator.sim._restart_model import (
     RestartTransport,
     RestartTrial,
 )
-from coordinator.snapshot import Snapshot
+from coordinator.snapshot import DiscoverySnapshot, Snapshot
 from states import State
 
 LOOKUP_EVERY_S = 1.0  # _ensure_prefill_info: at most one lookup a second per address
@@ -54,9 +54,9 @@ def _ours(trial: RestartTrial, scenario: RestartScenario, long_poll: bool) -> Tr
                   targets=[TARGET], on_exhausted="return", watch=True, watch_interval_s=scenario.watch_interval_s,
                   grace_s=scenario.grace_s)
     transport.on_horizon = d.stop
-    seen: dict[str, Snapshot] = {}
+    seen: dict[str, DiscoverySnapshot] = {}
 
-    def listen(snapshot: Snapshot) -> None:
+    def listen(snapshot: DiscoverySnapshot) -> None:
         if snapshot.invalidations == 0:
             if snapshot.state is State.REGISTERED:
                 seen["resolved"] = snapshot

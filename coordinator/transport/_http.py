@@ -1,6 +1,6 @@
 """HttpTransport: one HTTP attempt (a PUT, or a lookup GET) through a requests.Session,
 turned into an Outcome. No retry logic here; the total time limit and the abort are
-:mod:`._watch`'s, the failure names :mod:`._classify`'s.
+:mod:`._cutoff`'s, the failure names :mod:`._classify`'s.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import requests
 from coordinator.outcome import Cause, Failure, Outcome, cause_of
 from coordinator.protocol import EXTENSION_PREFIX
 from coordinator.transport._classify import classify_exception
-from coordinator.transport._watch import AbortableAdapter, Watch
+from coordinator.transport._cutoff import AbortableAdapter, Cutoff
 
 MAX_BODY_BYTES = 64 * 1024  # read no more of a PUT's answer than this
 # A lookup's answer is parsed whole; a topology with DSpark layouts can pass 64 KiB.
@@ -37,12 +37,12 @@ class HttpTransport:
     """
 
     def __init__(self, session: requests.Session | None = None, *, token: str | None = None) -> None:
-        self._watch = Watch()
+        self._cutoff = Cutoff()
         self._own_session = session is None
         if session is None:
             session = _NoRedirectSession()
             session.trust_env = False
-            adapter = AbortableAdapter(self._watch)
+            adapter = AbortableAdapter(self._cutoff)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         self._session = session
@@ -59,16 +59,16 @@ class HttpTransport:
     @property
     def in_flight(self) -> bool:
         """Whether an attempt has a socket open right now."""
-        return self._watch.busy
+        return self._cutoff.busy
 
     def abort(self) -> None:
-        self._watch.abort()
+        self._cutoff.abort()
 
     def peer_closed(self) -> bool:
         """Whether the server closed the connection the last answer left open (a non-blocking
         poll): a watching Discovery then checks at once, for a server process that exited
         closes its connections as it goes, while nothing listens any more."""
-        return self._watch.peer_closed()
+        return self._cutoff.peer_closed()
 
     def attempt(self, url: str, body: bytes, timeout: float) -> Outcome:
         """One PUT; ``Outcome.body`` holds an excerpt of the answer, for messages."""
@@ -81,21 +81,21 @@ class HttpTransport:
 
     def _request(self, method: str, url: str, body: bytes | None, timeout: float, cap: int, keep: int) -> Outcome:
         # The total limit: per-read socket timeouts alone let a trickling server go on forever.
-        self._watch.arm(timeout)
+        self._cutoff.arm(timeout)
         try:
             return self._send(method, url, body, timeout, cap, keep)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an Outcome
-            ending = self._watch.ending
+            ending = self._cutoff.ending
             failure = classify_exception(exc)
             # Past the limit, whatever broke last (a late DNS error, a read cut short): a timeout.
-            if ending is Failure.TIMEOUT or (ending is None and self._watch.expired):
+            if ending is Failure.TIMEOUT or (ending is None and self._cutoff.expired):
                 cause = Cause("TimeoutError", f"no complete answer within {timeout:.3g} s")
                 return Outcome.of_failure(Failure.TIMEOUT, cause)
             if ending is Failure.CANCELLED:
                 return Outcome.of_failure(Failure.CANCELLED, Cause("Cancelled", "stop() was called"))
             return Outcome.of_failure(failure, cause_of(exc))
         finally:
-            self._watch.attach(None)
+            self._cutoff.attach(None)
 
     def _send(self, method: str, url: str, body: bytes | None, timeout: float, cap: int, keep: int) -> Outcome:
         response = self._session.request(

@@ -1,6 +1,6 @@
 """The deadline and abort plumbing: a total time limit per attempt, and a cut from another thread.
 
-urllib3 connections and pools that show each attempt's socket to a :class:`Watch`, so
+urllib3 connections and pools that show each attempt's socket to a :class:`Cutoff`, so
 ``abort()`` (or the attempt's total limit) can shut it down wherever the attempt is.
 """
 
@@ -22,7 +22,7 @@ from coordinator.clock import REAL_TIME
 from coordinator.outcome import Failure
 
 
-class Watch:
+class Cutoff:
     """The socket of the attempt in flight, so another thread can cut the attempt short.
 
     The socket is captured when it connects (or is taken from the pool), not read back
@@ -122,14 +122,14 @@ class _DeadlineSocket(socket.socket):
     limit: a server trickling one byte per read timeout cannot stretch an attempt, and
     no thread is needed to enforce it."""
 
-    _watch: Watch
+    _cutoff: Cutoff
     _read_timeout: float | None
 
     @classmethod
-    def adopt(cls, sock: socket.socket, watch: Watch) -> _DeadlineSocket:
+    def adopt(cls, sock: socket.socket, cutoff: Cutoff) -> _DeadlineSocket:
         timeout = sock.gettimeout()
         adopted = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
-        adopted._watch = watch
+        adopted._cutoff = cutoff
         adopted.settimeout(timeout)
         return adopted
 
@@ -138,9 +138,9 @@ class _DeadlineSocket(socket.socket):
         super().settimeout(value)
 
     def _bound(self) -> None:
-        left = self._watch.deadline - REAL_TIME.now()
+        left = self._cutoff.deadline - REAL_TIME.now()
         if left <= 0:
-            raise TimeoutError(f"no complete answer within {self._watch.timeout:.3g} s")
+            raise TimeoutError(f"no complete answer within {self._cutoff.timeout:.3g} s")
         super().settimeout(left if self._read_timeout is None else min(self._read_timeout, left))
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
@@ -161,10 +161,10 @@ def _shutdown(sock: socket.socket | None) -> None:
         pass  # already closed: the attempt is ending anyway
 
 
-class _WatchedConnection:
-    """Mixin for urllib3 connections: adopt the fresh socket, show it to the watch."""
+class _CutoffConnection:
+    """Mixin for urllib3 connections: adopt the fresh socket, show it to the cutoff."""
 
-    watch: Watch
+    cutoff: Cutoff
     sock: socket.socket
     # urllib3's HTTPConnection, which this mixes into
     host: str
@@ -174,7 +174,7 @@ class _WatchedConnection:
     socket_options: Any
 
     def _new_conn(self) -> socket.socket:
-        # urllib3's, but the socket is shown to the watch before connect() blocks.
+        # urllib3's, but the socket is shown to the cutoff before connect() blocks.
         host = self._dns_host.strip("[]")
         try:
             infos = socket.getaddrinfo(host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
@@ -187,7 +187,7 @@ class _WatchedConnection:
                 for option in self.socket_options or ():
                     sock.setsockopt(*option)
                 sock.settimeout(self.timeout)
-                self.watch.connecting(sock)
+                self.cutoff.connecting(sock)
                 sock.connect(address)
                 return sock
             except socket.timeout as exc:
@@ -201,68 +201,68 @@ class _WatchedConnection:
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
         if type(self.sock) is socket.socket:  # plain TCP; a TLS socket is left as it is
-            self.sock = _DeadlineSocket.adopt(self.sock, self.watch)
-        self.watch.attach(self.sock)
+            self.sock = _DeadlineSocket.adopt(self.sock, self.cutoff)
+        self.cutoff.attach(self.sock)
 
 
-class _WatchedHTTPConnection(_WatchedConnection, HTTPConnection):
+class _CutoffHTTPConnection(_CutoffConnection, HTTPConnection):
     pass
 
 
-class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
+class _CutoffHTTPSConnection(_CutoffConnection, HTTPSConnection):
     pass
 
 
-class _WatchedPool:
-    """Mixin for urllib3 pools: hand the watch to new connections, and show it pooled sockets."""
+class _CutoffPool:
+    """Mixin for urllib3 pools: hand the cutoff to new connections, and show it pooled sockets."""
 
-    watch: Watch
+    cutoff: Cutoff
 
     def _new_conn(self) -> Any:
         conn = super()._new_conn()  # type: ignore[misc]
-        conn.watch = self.watch
+        conn.cutoff = self.cutoff
         return conn
 
     def _get_conn(self, timeout: float | None = None) -> Any:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
-        self.watch.attach(getattr(conn, "sock", None))  # a pooled, already connected socket
+        self.cutoff.attach(getattr(conn, "sock", None))  # a pooled, already connected socket
         return conn
 
     def _put_conn(self, conn: Any) -> None:
         # None when http.client has let go of the socket (a Connection: close answer).
-        self.watch.keep(getattr(conn, "sock", None))
+        self.cutoff.keep(getattr(conn, "sock", None))
         super()._put_conn(conn)  # type: ignore[misc]
 
 
-class _WatchedHTTPPool(_WatchedPool, HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
+class _CutoffHTTPPool(_CutoffPool, HTTPConnectionPool):
+    ConnectionCls = _CutoffHTTPConnection
 
 
-class _WatchedHTTPSPool(_WatchedPool, HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
+class _CutoffHTTPSPool(_CutoffPool, HTTPSConnectionPool):
+    ConnectionCls = _CutoffHTTPSConnection
 
 
-class _WatchedPoolManager(PoolManager):
-    def __init__(self, watch: Watch, **kwargs: Any) -> None:
+class _CutoffPoolManager(PoolManager):
+    def __init__(self, cutoff: Cutoff, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.watch = watch
-        self.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+        self.cutoff = cutoff
+        self.pool_classes_by_scheme = {"http": _CutoffHTTPPool, "https": _CutoffHTTPSPool}
 
     def _new_pool(self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None) -> Any:
         pool: Any = super()._new_pool(scheme, host, port, request_context)
-        pool.watch = self.watch
+        pool.cutoff = self.cutoff
         return pool
 
 
 class AbortableAdapter(HTTPAdapter):
-    def __init__(self, watch: Watch) -> None:
-        self._watch = watch
+    def __init__(self, cutoff: Cutoff) -> None:
+        self._cutoff = cutoff
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
-        # What HTTPAdapter does, with pools whose connections the watch can cut short.
+        # What HTTPAdapter does, with pools whose connections the cutoff can cut short.
         self._pool_connections, self._pool_maxsize, self._pool_block = connections, maxsize, block
-        self.poolmanager = _WatchedPoolManager(self._watch, num_pools=connections, maxsize=maxsize, block=block,
+        self.poolmanager = _CutoffPoolManager(self._cutoff, num_pools=connections, maxsize=maxsize, block=block,
                                                **pool_kwargs)
 
 
