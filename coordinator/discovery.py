@@ -204,45 +204,58 @@ class Discovery(Driver[LookupTransport, DiscoverySnapshot]):
         return max(0.0, min(long_poll, left)) if left >= 0.1 else 0.0
 
     def _perform(self, timeout: float) -> Outcome:
+        """One lookup round: the topology (until known), then each rank not yet resolved."""
         ends = self._clock.now() + timeout  # one budget for the whole round
-        if self._topology is None:
-            url, wait = f"{self._url}?{_TOPOLOGY_QUERY}", self._wait_within_budget(timeout)
-            if wait:  # our server holds the answer until the instance completes
-                url += f"&{WAIT_PARAM}={wait:g}"
-            answer = self._transport.get(url, timeout + wait)
-            self._heard.topology_answer(answer)
-            if answer.status == 503:
-                return _pending(answer, "prefill ranks are still registering")
-            if answer.status != 200 or answer.failure is not None:
-                return answer
-            try:
-                topology = parse_topology(answer.body)
-            except AnswerError as exc:
-                return _invalid(200, f"topology {exc}")
-            problem = mismatch(topology, self._expect) or self._outside(topology)
-            if problem is not None:
-                return _invalid(200, problem)
-            self._topology = topology
-            if self._after.watches:
-                self._checks.learn(topology)
+        topology = self._topology or self._lookup_topology(timeout)
+        if isinstance(topology, Outcome):
+            return topology
         for key in self._checks.compared:
-            if key in self._ranks:
-                continue
-            if self._cancel.is_set():  # stop() between two lookups: the next one would not see it
-                return Outcome.of_failure(Failure.CANCELLED, Cause("Cancelled", "stop() was called"))
-            left = ends - self._clock.now()
-            if left <= 0:
-                return Outcome.of_failure(Failure.TIMEOUT, Cause("TimeoutError", f"lookup round over {timeout:.3g} s"))
-            answer = self._transport.get(f"{self._url}?{route_query(key)}", left)
-            if answer.status in (404, 503):  # the topology says it exists: not registered yet
-                return _pending(answer, f"rank {key} not registered yet")
-            if answer.status != 200 or answer.failure is not None:
-                return answer
-            try:
-                self._ranks[key] = parse_rank(answer.body)
-            except AnswerError as exc:
-                return _invalid(200, f"rank {key}: {exc}")
-        return Outcome(status=200, value=replace(self._topology, ranks=MappingProxyType(dict(self._ranks))))
+            if key not in self._ranks:
+                failed = self._lookup_rank(key, ends, timeout)
+                if failed is not None:
+                    return failed
+        return Outcome(status=200, value=replace(topology, ranks=MappingProxyType(dict(self._ranks))))
+
+    def _lookup_topology(self, timeout: float) -> PrefillInfo | Outcome:
+        """Learn the topology, or the round's outcome: not yet, or what went wrong."""
+        url, wait = f"{self._url}?{_TOPOLOGY_QUERY}", self._wait_within_budget(timeout)
+        if wait:  # our server holds the answer until the instance completes
+            url += f"&{WAIT_PARAM}={wait:g}"
+        answer = self._transport.get(url, timeout + wait)
+        self._heard.topology_answer(answer)
+        if answer.status == 503:
+            return _pending(answer, "prefill ranks are still registering")
+        if answer.status != 200 or answer.failure is not None:
+            return answer
+        try:
+            topology = parse_topology(answer.body)
+        except AnswerError as exc:
+            return _invalid(200, f"topology {exc}")
+        problem = mismatch(topology, self._expect) or self._outside(topology)
+        if problem is not None:
+            return _invalid(200, problem)
+        self._topology = topology
+        if self._after.watches:
+            self._checks.learn(topology)
+        return topology
+
+    def _lookup_rank(self, key: RankKey, ends: float, timeout: float) -> Outcome | None:
+        """Resolve ``key``'s address (None) within the round's budget, or the round's outcome."""
+        if self._cancel.is_set():  # stop() between two lookups: the next one would not see it
+            return Outcome.of_failure(Failure.CANCELLED, Cause("Cancelled", "stop() was called"))
+        left = ends - self._clock.now()
+        if left <= 0:
+            return Outcome.of_failure(Failure.TIMEOUT, Cause("TimeoutError", f"lookup round over {timeout:.3g} s"))
+        answer = self._transport.get(f"{self._url}?{route_query(key)}", left)
+        if answer.status in (404, 503):  # the topology says it exists: not registered yet
+            return _pending(answer, f"rank {key} not registered yet")
+        if answer.status != 200 or answer.failure is not None:
+            return answer
+        try:
+            self._ranks[key] = parse_rank(answer.body)
+        except AnswerError as exc:
+            return _invalid(200, f"rank {key}: {exc}")
+        return None
 
     def _outside(self, topology: PrefillInfo) -> str | None:
         for key in self._targets:
