@@ -164,7 +164,7 @@ def over(base: RetryPolicy, values: Mapping[str, Any]) -> RetryPolicy:
 
 
 def var(field: str) -> str:
-    """The variable of the setting ``field`` (e.g. ``var("state_dir")``)."""
+    """The variable of the setting ``field`` (e.g. ``var("deadline_s")``)."""
     return next(s.var for s in TABLE if s.field == field)
 
 

@@ -54,6 +54,11 @@ def as_source(registration: Any) -> Source:
     return lambda: fixed
 
 
+def as_expected(expected: ExpectedSource | None) -> ExpectedSource:
+    """``expected``, or (None) a source saying readiness waits for nothing beyond the drivers."""
+    return (lambda: None) if expected is None else expected
+
+
 def _json(status: int, body: dict[str, Any]) -> tuple[int, str, bytes]:
     return status, JSON, json.dumps(body).encode()
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from coordinator.health._answer import ExpectedSource, Probed, answer, as_source
+from coordinator.health._answer import ExpectedSource, Probed, answer, as_expected, as_source
 from coordinator.health._metrics import METRICS
 
 if TYPE_CHECKING:
@@ -31,10 +31,7 @@ def asgi(registration: Driver[Any, Any] | Sequence[Driver[Any, Any]] | Callable[
     ``/metrics`` collects a registry (seconds, with a big one or a slow custom collector),
     so it runs on the loop's default executor, never blocking the application's requests.
     """
-    source = as_source(registration)
-
-    def expect() -> Any:
-        return None if expected is None else expected()
+    source, expect = as_source(registration), as_expected(expected)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # served on its own, the app has nothing to start

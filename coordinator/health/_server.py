@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from coordinator import validate
-from coordinator.health._answer import ExpectedSource, Probed, Source, answer, as_source
+from coordinator.health._answer import ExpectedSource, Probed, Source, answer, as_expected, as_source
 from coordinator.server._base import Handler, Running, Server
 
 if TYPE_CHECKING:
@@ -16,8 +16,7 @@ HealthServer = Running
 
 
 class _Server(Server):
-    def __init__(self, address: tuple[str, int], source: Source, registry: Any,
-                 expected: ExpectedSource | None) -> None:
+    def __init__(self, address: tuple[str, int], source: Source, registry: Any, expected: ExpectedSource) -> None:
         self.source, self.registry, self.expected = source, registry, expected
         super().__init__(address, _Handler)
 
@@ -27,8 +26,7 @@ class _Handler(Handler):
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
         path, _, query = self.path.partition("?")
-        expected = None if self.server.expected is None else self.server.expected()
-        status, ctype, body = answer(self.server.source(), path, query, self.server.registry, expected)
+        status, ctype, body = answer(self.server.source(), path, query, self.server.registry, self.server.expected())
         self.respond(status, body, ctype, [("Cache-Control", "no-store")])
 
     do_HEAD = do_GET
@@ -53,5 +51,5 @@ def serve(registration: Driver[Any, Any] | Sequence[Driver[Any, Any]] | Callable
     ``expected`` one giving what readiness waits for beyond them (as :func:`asgi`)."""
     source = as_source(registration)
     validate.port(port, "port", allow_zero=True)
-    return Running(_Server((validate.host(host, "host"), port), source, registry, expected),
+    return Running(_Server((validate.host(host, "host"), port), source, registry, as_expected(expected)),
                    "prefill-startup-health")

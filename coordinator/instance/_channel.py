@@ -86,58 +86,52 @@ class Publish(Protocol):
         """Publish ``driver``'s snapshots from now on; the callable retires it."""
 
 
-class _Numbers:
-    """Drivers of one process, numbered in attach order."""
+class _Publisher:
+    """A process's drivers, numbered in attach order, each snapshot handed to :meth:`send`."""
 
     def __init__(self) -> None:
         self._next = itertools.count(1)
         self._lock = threading.Lock()
 
-    def take(self) -> int:
+    def attach(self, driver: Any) -> Callable[[], None]:
         with self._lock:
-            return next(self._next)
+            n = next(self._next)
+        driver.add_listener(lambda snapshot: self.send(n, snapshot))
+        self.send(n, driver.snapshot())
+        return lambda: self.send(n, None)
+
+    def send(self, n: int, snapshot: Snapshot | None) -> None:
+        """Driver ``n``'s latest snapshot, or None: it retired."""
+        raise NotImplementedError
 
 
-class Local:
+class Local(_Publisher):
     """The main process's own drivers go straight onto its board."""
 
     def __init__(self, board: Board) -> None:
+        super().__init__()
         self._board = board
-        self._numbers = _Numbers()
 
-    def attach(self, driver: Any) -> Callable[[], None]:
-        n, pid = self._numbers.take(), os.getpid()
-
-        def put(snapshot: Snapshot) -> None:
-            try:
-                self._board.put(pid, n, snapshot)
-            except Full as exc:
-                log.error("prefill_startup.publish_failed driver=%s: %s", snapshot.name, exc)
-
-        driver.add_listener(put)
-        put(driver.snapshot())
-        return lambda: self._board.put(pid, n, None)
+    def send(self, n: int, snapshot: Snapshot | None) -> None:
+        try:
+            self._board.put(os.getpid(), n, snapshot)
+        except Full as exc:  # only a new driver can overflow it: snapshot is not None
+            log.error("prefill_startup.publish_failed driver=%s: %s", getattr(snapshot, "name", n), exc)
 
 
-class Sender:
+class Sender(_Publisher):
     """A descendant process's end: one unbound datagram socket, every driver's snapshots sent
     to the main process's ``name``. A snapshot that cannot be sent is dropped (the next one
     replaces it) and the first such failure is one ERROR: the main process then sees this
     process's ranks as not registered, and readiness waits for them."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
         self._address = "\0" + name
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._sock.settimeout(SEND_TIMEOUT_S)
-        self._numbers = _Numbers()
         self.errors = 0
-
-    def attach(self, driver: Any) -> Callable[[], None]:
-        n = self._numbers.take()
-        driver.add_listener(lambda snapshot: self.send(n, snapshot))
-        self.send(n, driver.snapshot())
-        return lambda: self.send(n, None)
 
     def send(self, n: int, snapshot: Snapshot | None) -> None:
         try:

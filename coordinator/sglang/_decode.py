@@ -24,7 +24,7 @@ from coordinator.discovery import default_policy as discovery_policy
 from coordinator.sglang._context import PluginContext
 from coordinator.sglang._stand_in_requests import CannedRequests
 from coordinator.snapshot import Snapshot
-from states import State
+from states import SETTLED, State
 
 log = logging.getLogger("coordinator.sglang")
 
@@ -168,7 +168,7 @@ class DecodeSide:
                 passed[addr] = reqs
                 continue
             state = State.INIT if found is None else found.state
-            if state not in (State.REGISTERED, State.FAILED):
+            if state not in SETTLED:
                 held.extend(reqs)  # within its deadline: no retry counted, nothing aborted
                 continue
             # Upstream decides now, not at its next once-a-second slot.

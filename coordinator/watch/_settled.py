@@ -20,7 +20,7 @@ from states import State
 Invalidation = tuple[str, str]
 # One round of watching (the driver's subclass): wait for the next check, cut short when the
 # event is set, make it; a Invalidation, or None while what was resolved holds.
-Round = Callable[[threading.Event], "Invalidation | None"]
+Round = Callable[[threading.Event], Invalidation | None]
 
 
 class Final:
